@@ -1,0 +1,1 @@
+"""Figures used by the chapters, one module per topic (``bounds``, ``latent``, ``table``)."""

@@ -1,0 +1,122 @@
+"""Open every page of the built book in headless Chromium, as a reader would.
+
+The book is built once per session with ``IWAE_PROFILE=smoke`` (seconds per chapter) into a
+temporary folder, or taken from ``$IWAE_BOOK_HTML`` (a ``_build/html`` folder) when set. Each
+page must load, show its figures (images of non-zero size) and carry no error output. A
+screenshot of each page is saved under ``artifacts/screenshots/``.
+
+Needs the Debian packages ``chromium`` and ``chromium-driver`` (``scripts/install_browser.sh``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOTS = ROOT / "artifacts" / "screenshots"
+pytestmark = pytest.mark.browser
+
+
+def _pages() -> list[str]:
+    from test_notebooks_clean import toc_files
+
+    return [f.rsplit(".", 1)[0] for f in toc_files()]
+
+
+def _chrome_paths() -> tuple[str, str] | None:
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (chrome, driver) if chrome and driver else None
+
+
+@pytest.fixture(scope="session")
+def book_html(tmp_path_factory) -> Path:
+    given = os.environ.get("IWAE_BOOK_HTML")
+    if given:
+        html = Path(given)
+        assert (html / "index.html").exists(), f"IWAE_BOOK_HTML={given} holds no index.html"
+        return html
+    out = tmp_path_factory.mktemp("book")
+    env = dict(os.environ)
+    env.setdefault("IWAE_PROFILE", "smoke")
+    jb = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(ROOT), "--path-output",
+           str(out), "-W", "-n", "--keep-going"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
+    log = proc.stdout[-6000:] + proc.stderr[-6000:]
+    assert proc.returncode == 0, f"the book build failed or warned:\n{log}"
+    return out / "_build" / "html"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    paths = _chrome_paths()
+    if paths is None:
+        msg = "chromium and chromedriver are not installed (run scripts/install_browser.sh)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = paths[0]
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1280,1600",
+                 f"--user-data-dir={tempfile.mkdtemp(prefix='iwae-chrome-')}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(paths[1]), options=opts)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+_IMAGES_JS = """
+const main = document.querySelector('main') || document.body;
+return Array.from(main.querySelectorAll('img')).map(
+    i => [i.getAttribute('src'), i.complete, i.naturalWidth, i.naturalHeight]);
+"""
+
+_ERRORS_JS = """
+const sel = '.output.error, .output.traceback, div.cell_output .traceback, .nb-error';
+return Array.from(document.querySelectorAll(sel)).map(e => e.innerText.slice(0, 300));
+"""
+
+
+@pytest.mark.parametrize("page", _pages())
+def test_page_loads_shows_figures_and_no_errors(page, book_html, browser):
+    html = book_html / f"{page}.html"
+    assert html.exists(), f"{page}.html was not built"
+    browser.get(html.as_uri())
+    browser.execute_script("return document.readyState")  # waits for the load
+    title = browser.title
+    assert title and "404" not in title, title
+
+    images = browser.execute_script(_IMAGES_JS)
+    broken = [src for src, complete, w, h in images if not (complete and w > 0 and h > 0)]
+    assert not broken, f"{page}: images that did not load: {broken}"
+    if page.startswith("notebooks/"):
+        figures = [src for src, *_ in images if "logo" not in (src or "")]
+        assert figures, f"{page}: a chapter should show at least one figure"
+
+    errors = browser.execute_script(_ERRORS_JS)
+    assert not errors, f"{page}: error outputs on the page: {errors}"
+    text = browser.find_element("tag name", "body").text
+    assert "Traceback (most recent call last)" not in text, f"{page}: a traceback is shown"
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    height = browser.execute_script("return document.body.scrollHeight")
+    browser.set_window_size(1280, max(800, min(int(height), 12000)))
+    shot = SHOTS / (page.replace("/", "__") + ".png")
+    browser.save_screenshot(str(shot))
+    browser.set_window_size(1280, 1600)
+    assert shot.stat().st_size > 10_000, f"{page}: the screenshot is suspiciously small"
+
