@@ -3,8 +3,9 @@
 p(z) = N(0, 1), p(x | z) = N(a z + b, s^2)  =>  p(x) = N(b, a^2 + s^2),
 p(z | x) = N(m(x), v) with v = 1 / (1 + a^2 / s^2), m(x) = v a (x - b) / s^2.
 
-It is built as an ``IWAE`` with one stochastic layer, no hidden units and a Gaussian
-likelihood, so the tests exercise the package's own log-weights.
+It is built (by ``iwae_tutorial.toy.LinearGaussian``) as an ``IWAE`` with one stochastic
+layer, no hidden units and a Gaussian likelihood, so the tests exercise the package's own
+log-weights; the exact answers below are written out independently.
 """
 
 import math
@@ -23,34 +24,23 @@ from iwae_tutorial.bounds import (
 )
 from iwae_tutorial.models import IWAE
 from iwae_tutorial.objectives import loss
+from iwae_tutorial.toy import LinearGaussian
 
-A, B, S = 1.5, 0.3, 0.7
+LG = LinearGaussian(a=1.5, b=0.3, s=0.7)
 
 
 def linear_gaussian(q_mean_w: float, q_mean_b: float, q_log_std: float) -> IWAE:
-    m = IWAE(1, [(1,)], likelihood="gaussian").double()
-    enc, dec = m.encoder[0], m.decoder[-1]
-    with torch.no_grad():
-        enc.mean.weight.fill_(q_mean_w)
-        enc.mean.bias.fill_(q_mean_b)
-        enc.log_std.weight.zero_()
-        enc.log_std.bias.fill_(q_log_std)
-        dec.mean.weight.fill_(A)
-        dec.mean.bias.fill_(B)
-        dec.log_std.weight.zero_()
-        dec.log_std.bias.fill_(math.log(S))
-    return m
+    return LG.model(q_mean_w, q_mean_b, q_log_std)
 
 
 def exact_posterior_model() -> IWAE:
-    v = 1 / (1 + A**2 / S**2)
-    w = v * A / S**2
-    return linear_gaussian(w, -w * B, 0.5 * math.log(v))
+    return LG.exact_model()
 
 
 def log_px(x: torch.Tensor) -> torch.Tensor:
-    var = A**2 + S**2
-    return (-0.5 * (x - B) ** 2 / var - 0.5 * math.log(2 * math.pi * var)).squeeze(-1)
+    # written out here, independently of the package: p(x) = N(b, a^2 + s^2)
+    var = LG.a**2 + LG.s**2
+    return (-0.5 * (x - LG.b) ** 2 / var - 0.5 * math.log(2 * math.pi * var)).squeeze(-1)
 
 
 X = torch.tensor([[-1.0], [0.2], [1.7]], dtype=torch.float64)
