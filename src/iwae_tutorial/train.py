@@ -202,10 +202,15 @@ def fit(
                 f"({state.get('fingerprint')}, not {fingerprint}); use another run_dir or "
                 "resume=False"
             )
+        if "model_config" in state and state["model_config"] != model.config:
+            raise ValueError(
+                f"the checkpoint in {run_dir} holds another model ({state['model_config']}, "
+                f"not {model.config}); use another run_dir or resume=False"
+            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         for name, g in gens.items():
-            g.set_state(state["rng"][name])
+            g.set_state(state["rng"][name].cpu())  # states are CPU ByteTensors, even for CUDA
         start_epoch = int(state["epoch"])
         history = list(state["history"])
 
