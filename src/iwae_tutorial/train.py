@@ -218,8 +218,8 @@ def fit(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_epochs, initial=start_epoch, unit="epoch",
-                   desc=f"{objective} k={k}", leave=False)
+        bar = tqdm(total=total_epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                   unit="step", desc=f"{objective} k={k}", leave=False, mininterval=0.5)
     model.train()
     on_cpu = device.type == "cpu"
     try:
@@ -248,6 +248,8 @@ def fit(
                 loss.backward()
                 opt.step()
                 bound_sum += bound.detach().mean().double()
+                if bar is not None and (step + 1) % 50 == 0:
+                    bar.update(50)
             if not on_cpu and int(first_bad) >= 0:
                 _diverged(epoch, int(first_bad), steps_per_epoch, float("nan"), ckpt_path)
             train_bound = float(bound_sum) / steps_per_epoch
@@ -269,8 +271,9 @@ def fit(
                 with open(log_path, "a") as f:
                     f.write(json.dumps(asdict(entry)) + "\n")
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(bound=f"{train_bound:.2f}", sec=f"{entry.seconds:.1f}")
+                bar.update(steps_per_epoch % 50)
+                bar.set_postfix(epoch=epoch + 1, bound=f"{train_bound:.2f}",
+                                sec=f"{entry.seconds:.1f}")
             if callback is not None:
                 callback(entry)
     finally:
