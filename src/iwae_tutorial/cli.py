@@ -190,16 +190,17 @@ def _log(msg: str) -> None:
 
 def _evaluate(model, ds, *, k: int, n: int | None, seed: int, batch_size: int,
               progress: bool) -> dict[str, Any]:
-    """Test NLL by L_k on the first n test images, and the active units on the first 500
-    training examples binarized once."""
+    """Test NLL by L_k on the first n test images (binarized once with ``seed``, as in
+    ``reproduce``), and the active units on the first 500 training examples binarized once."""
     import torch
 
     from .evaluate import active_units, log_likelihood
+    from .experiments import eval_images
 
     device = model.device
     n_total = int(ds.x_test.shape[0])
     n_used = n_total if n is None else min(int(n), n_total)
-    x_test = ds.x_test[:n_used]
+    x_test = eval_images(ds, n_used, seed)  # binarized once, as in `reproduce`
     gen = torch.Generator(device=device).manual_seed(seed)
     t0 = time.perf_counter()
     ll = log_likelihood(model, x_test, k, batch_size=batch_size, generator=gen,
@@ -224,6 +225,8 @@ def _evaluate(model, ds, *, k: int, n: int | None, seed: int, batch_size: int,
         "eval_subset": ("all test images" if n_used == n_total
                         else f"the first {n_used} of the {n_total} test images"),
         "eval_seed": int(seed),
+        "test_binarization": (f"one fixed Bernoulli draw (CPU generator seed {seed})"
+                              if ds.binarize else "none"),
         "active_units": list(au.counts),
         "active_units_total": int(sum(au.counts)),
         "active_units_variances": [v.tolist() for v in au.variances],

@@ -18,7 +18,7 @@ from .models import IWAE, bernoulli_output_bias
 from .train import CHECKPOINT_NAME, burda_schedule, fit, load_checkpoint, truncate_schedule
 
 __all__ = ["RunConfig", "Dataset", "load_dataset", "build_model", "train_run", "load_run",
-           "DATASETS", "ONE_LAYER", "TWO_LAYERS", "layers_from_string"]
+           "DATASETS", "ONE_LAYER", "TWO_LAYERS", "layers_from_string", "eval_images"]
 
 #: The paper's architectures.
 ONE_LAYER: list[tuple[int, ...]] = [(200, 200, 50)]
@@ -91,6 +91,18 @@ class RunConfig:
     def schedule(self):
         s = burda_schedule()
         return s if self.epochs is None else truncate_schedule(s, self.epochs)
+
+
+def eval_images(ds: Dataset, n: int | None = None, seed: int = 0) -> Tensor:
+    """The first ``n`` test images as they are scored: binarized once with a fixed seed (a CPU
+    generator) when the data set is binarized during training, as in the authors' code.
+
+    -> [n, x_dim] on the CPU
+    """
+    x = ds.x_test if n is None else ds.x_test[: int(n)]
+    if ds.binarize:
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
+    return x
 
 
 def build_model(cfg: RunConfig, ds: Dataset, device: torch.device | str = "cpu") -> IWAE:

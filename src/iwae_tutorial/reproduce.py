@@ -338,7 +338,7 @@ def reproduce(
     import torch
 
     from .evaluate import active_units
-    from .experiments import load_dataset
+    from .experiments import eval_images, load_dataset
     from .fleet import FLEET_CHECKPOINT, Fleet, log_likelihood_many, table1_configs
     from .profiles import default_device
     from .provenance import provenance, write_json_atomic
@@ -388,9 +388,7 @@ def reproduce(
 
     # ---- evaluation: L_k on the first n_eval test images, in blocks, resumable
     models = fleet.models()
-    x_eval = ds.x_test[:n_eval]
-    if ds.binarize:
-        x_eval = torch.bernoulli(x_eval, generator=torch.Generator().manual_seed(eval_seed))
+    x_eval = eval_images(ds, n_eval, eval_seed)
     eval_path = run_dir / "eval.pt"
     key = {"eval_k": eval_k, "eval_n": n_eval, "eval_seed": eval_seed,
            "batch_size": eval_batch_size, "fleet_epochs": res.epochs_done}
