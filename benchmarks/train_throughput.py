@@ -1,0 +1,278 @@
+"""Training throughput: the plain loop (one model at a time) vs the fleet (all 12 together).
+
+Measures, in one run on one machine:
+
+- the plain loop: ``train.fit`` (eager, batch 20), one model at a time, for each of the 12
+  configurations of Table 1 (VAE/IWAE x k = 1, 5, 50 x 1 or 2 stochastic layers);
+- the fleet trainer (:class:`iwae_tutorial.fleet.Fleet`) with all 12 together (and, on the CPU,
+  the fleet restricted to torch.bmm, to separate the gain of batching/fusing from that of
+  oneDNN's matmul);
+- a large matmul, for the machine's practical peak FLOP/s.
+
+Plain loops and fleet are timed in interleaved rounds (``--rounds``), and the median round is
+reported, so a change of load on a shared machine hits both alike. Prints a JSON object as the
+last line of output with, among others, ``device``, ``speedup`` (fleet throughput over the
+plain loops' combined throughput, both counted as configuration-steps per second, by wall
+time), ``projected_full_table_hours`` (the 3,280-epoch MNIST table, 2,980 steps per epoch) and
+the fraction of peak FLOP/s reached.
+
+    python benchmarks/train_throughput.py                 # ~2-4 minutes on 2 CPU cores
+    python benchmarks/train_throughput.py --steps 10 --rounds 2 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from iwae_tutorial.fleet import Fleet, FleetMember, table1_configs, tune_malloc
+from iwae_tutorial.models import IWAE
+from iwae_tutorial.train import fit
+
+BATCH = 20
+X_DIM = 784
+FULL_EPOCHS = 3280
+STEPS_PER_EPOCH = 59_600 // BATCH  # 2,980
+
+
+# ------------------------------------------------------------ helpers (eval_throughput too)
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover - not on Linux/macOS
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    try:
+        from iwae_tutorial.provenance import device_name as name
+
+        return name(device)
+    except Exception:  # noqa: BLE001 - best effort
+        return str(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    """Wall-clock and process CPU time of a block."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self) -> Timer:
+        sync(self.device)
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        sync(self.device)
+        self.wall = time.perf_counter() - self._w
+        self.cpu = time.process_time() - self._c
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def peak_flops(device: torch.device, n: int = 4096, reps: int = 5) -> dict:
+    """Measured FLOP/s of a large fp32 matmul (torch.mm, and oneDNN's matmul on the CPU when
+    PyTorch has it): the machine's practical peak. Best of ``reps``."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    flop = 2.0 * n**3
+    out = {}
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(reps):
+            with Timer(device) as t:
+                fn()
+            times.append(t.wall)
+        return flop / min(times)
+
+    out["torch_mm"] = best(lambda: a @ b)
+    if device.type == "cpu":
+        try:
+            bt = b.t().contiguous()
+            out["onednn"] = best(lambda: torch.ops.mkldnn._linear_pointwise(a, bt, None, "none",
+                                                                          [], ""))
+        except Exception:  # noqa: BLE001 - PyTorch without oneDNN
+            pass
+    out["peak"] = max(out.values())
+    out["matmul_size"] = n
+    return out
+
+
+# ------------------------------------------------------------ the benchmark
+def model_flops_per_step(layers: list[list[int]], k: int, batch: int = BATCH) -> float:
+    """FLOPs of the matrix products of one training step of one model (forward + backward =
+    3 x forward, 2 FLOPs per multiply-add). Element-wise work is not counted."""
+    macs = 0
+    L = len(layers)
+    dims = [X_DIM] + [s[-1] for s in layers]
+    for level, spec in enumerate(layers):  # q(h_l | h_{l-1}); level 0 runs on the batch only
+        rows = batch if level == 0 else k * batch
+        sizes = [dims[level], *spec[:-1]]
+        macs += rows * sum(a * b for a, b in zip(sizes, sizes[1:]))
+        macs += rows * sizes[-1] * 2 * spec[-1]  # mean and log-std
+    for level in range(L - 1, -1, -1):  # p(h_{l-1} | h_l) and p(x | h_1), on k * batch rows
+        spec = layers[level]
+        sizes = [spec[-1], *reversed(spec[:-1])]
+        out = dims[level] * (1 if level == 0 else 2)
+        macs += k * batch * (sum(a * b for a, b in zip(sizes, sizes[1:])) + sizes[-1] * out)
+    return 2.0 * 3.0 * macs
+
+
+def build_models(cfgs, device, bias):
+    models = []
+    for c in cfgs:
+        torch.manual_seed(c.seed)
+        models.append(IWAE(X_DIM, c.layers, output_bias=bias).to(device))
+    return models
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--no-bmm-variant", action="store_true",
+                   help="skip the fleet restricted to torch.bmm (CPU)")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="keep glibc's malloc defaults (by default fleet.tune_malloc() is "
+                        "applied to the whole process: plain loops and fleet alike)")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="also write the JSON result to FILE")
+    args = p.parse_args(argv)
+    malloc_tuned = False if args.no_malloc_tuning else tune_malloc()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    load_before = load_average()
+
+    cfgs = table1_configs("mnist")
+    n = BATCH * args.steps
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, X_DIM, generator=g)  # grey images; binarized per batch like MNIST
+    x_warm = x[: 2 * BATCH]
+    bias = torch.logit(x.mean(0).clamp(1e-3, 1 - 1e-3))
+
+    plain_models = build_models(cfgs, device, bias)
+    variants = {"fleet": "auto"}
+    if device.type == "cpu" and not args.no_bmm_variant:
+        variants["fleet_bmm_only"] = "bmm"
+    fleets = {}
+    for name, gemm in variants.items():
+        members = [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs]
+        fleets[name] = Fleet(build_models(cfgs, device, bias), members, gemm=gemm)
+
+    # warm-up (allocations, oneDNN primitives, CUDA graph capture)
+    for c, m in zip(cfgs, plain_models):
+        fit(m, x_warm, objective=c.objective, k=c.k, epochs=1, seed=c.seed, progress=False)
+    for fl in fleets.values():
+        fl.fit(x_warm, epochs=1, progress=False, handle_signals=False)
+
+    plain = {c.name: {"wall": [], "cpu": []} for c in cfgs}
+    fleet_t = {name: {"wall": [], "cpu": []} for name in fleets}
+    for r in range(args.rounds):
+        for c, m in zip(cfgs, plain_models):
+            with Timer(device) as t:
+                fit(m, x, objective=c.objective, k=c.k, epochs=1, seed=c.seed + r + 1,
+                    progress=False)
+            plain[c.name]["wall"].append(t.wall / args.steps)
+            plain[c.name]["cpu"].append(t.cpu / args.steps)
+        for name, fl in fleets.items():
+            with Timer(device) as t:
+                fl.fit(x, epochs=1, progress=False, handle_signals=False)
+            fleet_t[name]["wall"].append(t.wall / args.steps)
+            fleet_t[name]["cpu"].append(t.cpu / args.steps)
+        total = sum(v["wall"][-1] for v in plain.values())
+        print(f"round {r + 1}/{args.rounds}: plain loops {1e3 * total:.1f} ms per step of all "
+              "12; " + ", ".join(f"{k} {1e3 * v['wall'][-1]:.1f} ms" for k, v in
+                                 fleet_t.items()) + f"; load {load_average()}", flush=True)
+
+    per_cfg = {}
+    for c in cfgs:
+        w, cp = median(plain[c.name]["wall"]), median(plain[c.name]["cpu"])
+        per_cfg[c.name] = {"steps_per_s": 1 / w, "ms_per_step": 1e3 * w,
+                           "cpu_ms_per_step": 1e3 * cp,
+                           "model_gflop_per_step": model_flops_per_step(c.layers, c.k) / 1e9}
+    # per-round sums, so each round's plain total is compared with the same round's fleet
+    rounds_plain = [sum(plain[c.name]["wall"][r] for c in cfgs) for r in range(args.rounds)]
+    rounds_plain_cpu = [sum(plain[c.name]["cpu"][r] for c in cfgs) for r in range(args.rounds)]
+    plain_step = median(rounds_plain)  # seconds for one step of each of the 12 models
+    flops_fleet_step = sum(model_flops_per_step(c.layers, c.k) for c in cfgs)
+    peak = peak_flops(device)
+
+    result = {
+        "benchmark": "train_throughput",
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "malloc_tuned": malloc_tuned,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "steps_timed": args.steps,
+        "rounds": args.rounds,
+        "batch_size": BATCH,
+        "plain_loop": {
+            "per_configuration": per_cfg,
+            "ms_for_one_step_of_all_12": 1e3 * plain_step,
+            "config_steps_per_s": 12 / plain_step,
+            "cpu_ms_for_one_step_of_all_12": 1e3 * median(rounds_plain_cpu),
+        },
+        "model_gflop_per_step_of_all_12": flops_fleet_step / 1e9,
+        "peak_flops": {k: v for k, v in peak.items()},
+    }
+    for name, fl in fleets.items():
+        w = median(fleet_t[name]["wall"])
+        ratios = [rp / fw for rp, fw in zip(rounds_plain, fleet_t[name]["wall"])]
+        ratios_cpu = [rp / fc for rp, fc in zip(rounds_plain_cpu, fleet_t[name]["cpu"])]
+        result[name] = {
+            "gemm": fl.gemm,
+            "ms_per_fleet_step": 1e3 * w,
+            "fleet_steps_per_s": 1 / w,
+            "config_steps_per_s": 12 / w,
+            "cpu_ms_per_fleet_step": 1e3 * median(fleet_t[name]["cpu"]),
+            "speedup": median(ratios),
+            "speedup_per_round": ratios,
+            "speedup_cpu_time": median(ratios_cpu),
+            "achieved_flops": flops_fleet_step / w,
+            "fraction_of_peak": flops_fleet_step / w / peak["peak"],
+        }
+    f = result["fleet"]
+    result["speedup"] = f["speedup"]
+    result["fraction_of_peak_flops"] = f["fraction_of_peak"]
+    result["plain_fraction_of_peak_flops"] = flops_fleet_step / plain_step / peak["peak"]
+    steps_full = FULL_EPOCHS * STEPS_PER_EPOCH
+    result["projected_full_table_hours"] = steps_full * f["ms_per_fleet_step"] / 1e3 / 3600
+    result["projected_full_table_hours_plain"] = steps_full * plain_step / 3600
+    result["notes"] = (
+        "speedup = fleet throughput / plain loops' combined throughput (configuration-steps "
+        "per second, wall time, median over interleaved rounds); speedup_cpu_time uses process "
+        "CPU time instead (less sensitive to other jobs on a shared machine). FLOPs count the "
+        "matrix products only (3 x forward). Projection: 3,280 epochs x 2,980 steps, training "
+        "only (no evaluation).")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
