@@ -32,16 +32,6 @@ PROVENANCE_KEYS = {"git_commit", "git_dirty", "torch_version", "python_version",
                    "device_name", "torch_threads", "date_utc", "wall_seconds", "command"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models: one thread is faster, and immune to a busy machine (two OpenMP threads
-    spin-waiting on an oversubscribed CPU can be 10-100x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run_cli(*args, env=None, timeout=240):
     """``python -m iwae_tutorial ARGS`` in a subprocess -> CompletedProcess."""
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}

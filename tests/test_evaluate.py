@@ -11,16 +11,6 @@ from iwae_tutorial.evaluate import LogMeanExpAccumulator, active_units, log_like
 from iwae_tutorial.models import IWAE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models: one thread is faster, and immune to a busy machine (two OpenMP threads
-    spin-waiting on an oversubscribed CPU can be 10-100x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def binary_images(n: int, dim: int = 784, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.bernoulli(torch.rand(n, dim, generator=g), generator=g)

@@ -29,16 +29,6 @@ N, BATCH, K = 200, 20, 3
 STEPS = N // BATCH
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models: one thread is faster, and immune to a busy machine (two OpenMP threads
-    spin-waiting on an oversubscribed CPU can be 10-100x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def grey_images(seed: int = 0) -> torch.Tensor:
     return torch.rand(N, 784, generator=torch.Generator().manual_seed(seed))
 

@@ -154,14 +154,7 @@ def paper_numbers(dataset: str, objective: str, k: int, n_layers: int) -> dict[s
 
 
 # ------------------------------------------------------------------------------- CLI
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+from .cli import _positive_int  # noqa: E402  (cli imports this module lazily: no cycle)
 
 
 def _positive_float(text: str) -> float:
