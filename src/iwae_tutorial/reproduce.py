@@ -103,7 +103,7 @@ def resolve_budget(text: str) -> Budget:
         raise ValueError(f"--budget: the number of epochs must be positive, got {epochs}")
     return Budget(str(epochs), None, epochs, 5000, None,
                   f"all training images, the first {epochs} epochs of the paper's schedule; "
-                  "L_5000 on all test images")
+                  "L_5000 on all test images unless --eval-n says otherwise")
 
 
 # ------------------------------------------------------------------------------- the paper
