@@ -77,12 +77,11 @@ from .train import (
     TrainingDivergedError,
     _fingerprint,
     _lr_at,
-    burda_schedule,
     load_checkpoint,
     make_generators,
+    resolve_schedule,
     save_checkpoint,
     schedule_epochs,
-    truncate_schedule,
 )
 
 __all__ = [
@@ -728,11 +727,7 @@ class Fleet:
             TrainingDivergedError: a member's bound became NaN/inf (named in the message);
                 the last good checkpoint is kept.
         """
-        if schedule is None:
-            schedule = burda_schedule()
-        if epochs is not None:
-            schedule = truncate_schedule(schedule, epochs)
-        schedule = list(schedule)
+        schedule = resolve_schedule(schedule, epochs)
         total_epochs = schedule_epochs(schedule)
         device = self.device
         x_dim = self.specs[0].x_dim

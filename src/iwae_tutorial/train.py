@@ -23,7 +23,8 @@ from .models import IWAE
 from .objectives import get_objective
 
 __all__ = [
-    "Stage", "burda_schedule", "truncate_schedule", "constant_schedule", "schedule_epochs",
+    "Stage", "burda_schedule", "truncate_schedule", "resolve_schedule", "constant_schedule",
+    "schedule_epochs",
     "make_generators", "make_optimizer", "fit", "TrainingDivergedError", "save_checkpoint",
     "load_checkpoint", "CHECKPOINT_NAME",
 ]
@@ -62,6 +63,13 @@ def truncate_schedule(schedule: Sequence[Stage], epochs: int) -> list[Stage]:
 def constant_schedule(epochs: int, lr: float = 1e-3) -> list[Stage]:
     """``epochs`` epochs at one learning rate."""
     return [Stage(int(epochs), float(lr))]
+
+
+def resolve_schedule(schedule: Sequence[Stage] | None = None,
+                     epochs: int | None = None) -> list[Stage]:
+    """``schedule`` (default: the paper's), cut to its first ``epochs`` epochs when given."""
+    schedule = burda_schedule() if schedule is None else schedule
+    return list(schedule if epochs is None else truncate_schedule(schedule, epochs))
 
 
 def schedule_epochs(schedule: Sequence[Stage]) -> int:
@@ -171,11 +179,7 @@ def fit(
         TrainingDivergedError: the loss became NaN/inf; the message names the step.
     """
     objective_fn = get_objective(objective)  # fails fast on a bad name
-    if schedule is None:
-        schedule = burda_schedule()
-    if epochs is not None:
-        schedule = truncate_schedule(schedule, epochs)
-    schedule = list(schedule)
+    schedule = resolve_schedule(schedule, epochs)
     total_epochs = schedule_epochs(schedule)
     device = model.device
     x_train = x_train.to(device)
