@@ -83,7 +83,8 @@ def test_chunked_equals_unchunked_fixed_noise_two_layers(monkeypatch):
     monkeypatch.setattr(model, "log_weights", log_weights_fixed)
     for chunk in (k, 1, 7, 13):
         seen.clear()
-        got = log_likelihood(model, x, k, batch_size=len(x), chunk_size=chunk)
+        got = log_likelihood(model, x, k, batch_size=len(x), chunk_size=chunk,
+                             kernel="reference")
         assert sum(seen) == k and max(seen) <= chunk
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
 
@@ -100,8 +101,40 @@ def test_default_chunks_bound_the_rows():
         return original(xb, c, **kw)
 
     model.log_weights = spy
-    log_likelihood(model, x, 1000, batch_size=5, max_rows=600)
+    log_likelihood(model, x, 1000, batch_size=5, max_rows=600, kernel="reference")
     assert max(rows) <= 600 and sum(rows) == 1000 * 10
+
+
+@pytest.mark.parametrize("layers", [[(20, 8)], [(20, 8), (10, 4)]])
+def test_fused_kernel_equals_reference(layers):
+    """The fused kernel ("auto" for a plain IWAE) draws the same noise in the same order as
+    the reference chunk-by-chunk loop over IWAE.log_weights, so the estimates agree."""
+    torch.manual_seed(2)
+    model = IWAE(784, layers).double()
+    x = binary_images(7).double()
+    out = {kernel: log_likelihood(model, x, 30, batch_size=3, chunk_size=8, kernel=kernel,
+                                  generator=torch.Generator().manual_seed(5))
+           for kernel in ("auto", "fused", "reference")}
+    torch.testing.assert_close(out["fused"], out["reference"], rtol=0, atol=1e-9)
+    torch.testing.assert_close(out["auto"], out["fused"], rtol=0, atol=0)
+
+
+class _NotAnIWAE(torch.nn.Module):
+    """Any model with log_weights(x, k, generator=) -> [k, batch] works with the reference."""
+
+    device = torch.device("cpu")
+
+    def log_weights(self, x, k, generator=None):
+        return torch.randn(k, x.shape[0], generator=generator, dtype=torch.float64)
+
+
+def test_fused_kernel_needs_an_iwae():
+    x = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="kernel='reference'"):
+        log_likelihood(_NotAnIWAE(), x, 5, kernel="fused")
+    assert log_likelihood(_NotAnIWAE(), x, 5).shape == (3,)  # "auto" falls back
+    with pytest.raises(ValueError, match="kernel must be"):
+        log_likelihood(IWAE(784, [(20, 8)]), binary_images(2), 5, kernel="fast")
 
 
 # ------------------------------------------------------------------------------ accuracy

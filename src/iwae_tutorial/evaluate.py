@@ -43,9 +43,10 @@ def log_likelihood(
     *,
     batch_size: int = 100,
     chunk_size: int | None = None,
-    max_rows: int = 50_000,
+    max_rows: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    kernel: str = "auto",
 ) -> Tensor:
     """Per-example estimates of log p(x) by L_k (the paper uses k = 5000), in float64.
 
@@ -54,17 +55,37 @@ def log_likelihood(
     stays bounded whatever ``k`` is. The chunked result equals the unchunked one for the same
     noise (the log-mean-exp is accumulated exactly, see :class:`LogMeanExpAccumulator`).
 
+    ``kernel``: "reference" calls :meth:`IWAE.log_weights` chunk by chunk (any model with a
+    ``log_weights(x, k, generator=)``); "fused" uses the fused forward pass of
+    :func:`iwae_tutorial.fleet.log_likelihood_many` (q(h_1|x) once per batch, oneDNN matmuls on
+    the CPU: about 2x faster; same noise, same result up to float rounding); "auto" picks
+    "fused" for a plain :class:`IWAE` and "reference" otherwise.
+
     x: [n, x_dim] on any device (moved to the model's) -> [n] float64 on the CPU.
     """
     if k < 1:
         raise ValueError(f"k must be a positive number of samples, got {k}")
-    device = model.device
-    was_training = model.training
-    model.eval()
+    if kernel not in ("auto", "fused", "reference"):
+        raise ValueError(f"kernel must be 'auto', 'fused' or 'reference', got {kernel!r}")
+    if kernel == "auto":
+        kernel = "fused" if type(model) is IWAE else "reference"
+    if max_rows is None:  # rows of samples per forward pass: the fused kernel likes cache-sized
+        max_rows = 8_000 if kernel == "fused" else 50_000
     n = x.shape[0]
     batch_size = max(1, min(batch_size, n))
     if chunk_size is None:
         chunk_size = max(1, min(k, max_rows // batch_size))
+    if kernel == "fused":
+        if not isinstance(model, IWAE):
+            raise ValueError("kernel='fused' needs an iwae_tutorial.models.IWAE; use "
+                             "kernel='reference' for other models")
+        from .fleet import log_likelihood_many
+
+        return log_likelihood_many([model], x, k, batch_size=batch_size, chunk_size=chunk_size,
+                                   generators=[generator], progress=progress)[0]
+    device = model.device
+    was_training = model.training
+    model.eval()
     out = torch.empty(n, dtype=torch.float64)
     bar = None
     if progress:
