@@ -67,6 +67,9 @@ def test_help_lists_the_subcommands_and_objectives(capsys):
     (["train", "--out", "x", "--objective", "wake-sleep"], "invalid choice: 'wake-sleep'"),
     (["train", "--out", "x", "--k", "0"], "positive integer"),
     (["train", "--dataset", "mnist"], "--out"),
+    (["train", "--out", "x", "--epochs", "1", "--lr", "0"], "positive finite number"),
+    (["train", "--out", "x", "--epochs", "1", "--lr", "fast"], "expected a positive number"),
+    (["train", "--out", "x", "--lr", "2e-3"], "needs a number of epochs"),
     (["evaluate"], "--run"),
     (["fly"], "invalid choice"),
 ])
@@ -182,6 +185,7 @@ def test_train_writes_checkpoint_and_result(trained_run):
     assert result["eval_k"] == 50 and result["eval_n"] == 100
     assert result["eval_n_total"] == 10_000 and "first 100" in result["eval_subset"]
     assert result["epochs_done"] == 1 and result["epochs_planned"] == 1
+    assert result["schedule"] == {"kind": "paper", "stages": [{"epochs": 1, "lr": 1e-3}]}
     assert len(result["train_bound_per_epoch"]) == 1
     assert result["final_train_bound"] == result["train_bound_per_epoch"][-1]
     # after 20 steps the model is far from trained but far better than chance (543 nats)

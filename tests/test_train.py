@@ -239,3 +239,15 @@ def test_unknown_objective_fails_fast():
     with pytest.raises(ValueError, match="unknown objective"):
         fit_small(small_model(seed=0), objective="no-such-objective")
     assert "no-such-objective" not in objectives.OBJECTIVES
+
+
+def test_run_config_constant_learning_rate():
+    from iwae_tutorial.experiments import RunConfig
+
+    assert RunConfig(epochs=3).schedule() == truncate_schedule(burda_schedule(), 3)
+    assert RunConfig(epochs=3, lr=2e-3).schedule() == [Stage(3, 2e-3)]
+    assert RunConfig().schedule() == burda_schedule()
+    with pytest.raises(ValueError, match="needs a number of epochs"):
+        RunConfig(lr=2e-3)
+    with pytest.raises(ValueError, match="positive"):
+        RunConfig(epochs=1, lr=-1.0)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .models import IWAE, bernoulli_output_bias
-from .train import CHECKPOINT_NAME, burda_schedule, fit, load_checkpoint, truncate_schedule
+from .train import CHECKPOINT_NAME, Stage, burda_schedule, fit, load_checkpoint, truncate_schedule
 
 __all__ = ["RunConfig", "Dataset", "load_dataset", "build_model", "train_run", "load_run",
            "DATASETS", "ONE_LAYER", "TWO_LAYERS", "layers_from_string", "eval_images"]
@@ -75,6 +75,7 @@ class RunConfig:
     n_train: int | None = None  # None: the whole training set; else its first n_train images
     seed: int = 0
     batch_size: int = 20
+    lr: float | None = None  # None: the paper's rates; else one constant rate (needs epochs)
 
     def __post_init__(self) -> None:
         self.layers = [[int(s) for s in spec] for spec in self.layers]
@@ -82,13 +83,22 @@ class RunConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {DATASETS}")
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.lr is not None:
+            if not 0 < self.lr < float("inf"):
+                raise ValueError(f"lr must be a positive number, got {self.lr}")
+            if self.epochs is None:
+                raise ValueError("a constant learning rate needs a number of epochs (--epochs "
+                                 "N); without one the paper's schedule and rates are used")
 
     @property
     def name(self) -> str:
         n_layers = len(self.layers)
         return f"{self.dataset}-{self.objective}-k{self.k}-{n_layers}L-s{self.seed}"
 
-    def schedule(self):
+    def schedule(self) -> list[Stage]:
+        """The paper's schedule cut to ``epochs``, or ``epochs`` epochs at the constant ``lr``."""
+        if self.lr is not None:
+            return [Stage(self.epochs, self.lr)]
         s = burda_schedule()
         return s if self.epochs is None else truncate_schedule(s, self.epochs)
 
