@@ -5,8 +5,10 @@ Three ways, in one run on one machine:
 - ``per_example_loop``: what public implementations typically do: for each test image, for
   each model, one forward pass over its 5,000 samples (``model.log_weights(x_i, 5000)``),
   then a log-mean-exp;
-- ``evaluate_one_model_at_a_time``: :func:`iwae_tutorial.evaluate.log_likelihood`, batched over
-  examples and streamed over samples, model by model;
+- ``evaluate_one_model_at_a_time``: :func:`iwae_tutorial.evaluate.log_likelihood` with
+  ``kernel="reference"`` (a loop over ``IWAE.log_weights``), batched over examples and
+  streamed over samples, model by model (its default kernel, "fused", is the fleet's code
+  with one model);
 - ``fleet``: :func:`iwae_tutorial.fleet.log_likelihood_many`, all 12 models at once (models
   of the same architecture stacked, oneDNN matmuls on the CPU when available, q(h_1|x) computed
   once per batch, the Bernoulli log-likelihood fused).
@@ -114,13 +116,14 @@ def main(argv=None) -> dict:
     per_example_loop(models, x[:1], args.k, gen)
     for m in models:
         log_likelihood(m, x[:args.batch_size], args.k, batch_size=args.batch_size,
-                       generator=gen)
+                       generator=gen, kernel="reference")
     log_likelihood_many(models, x[:args.batch_size], args.k, batch_size=args.batch_size)
 
     methods = {
         "per_example_loop": (args.n_loop, lambda xs: per_example_loop(models, xs, args.k, gen)),
         "evaluate_one_model_at_a_time": (args.n, lambda xs: [
-            log_likelihood(m, xs, args.k, batch_size=args.batch_size, generator=gen)
+            log_likelihood(m, xs, args.k, batch_size=args.batch_size, generator=gen,
+                           kernel="reference")
             for m in models]),
         "fleet": (args.n, lambda xs: log_likelihood_many(models, xs, args.k,
                                                          batch_size=args.batch_size)),
