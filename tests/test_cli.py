@@ -242,6 +242,6 @@ def test_rerun_resumes_and_other_config_is_refused(trained_run, capsys):
     other[other.index("--k") + 1] = "6"
     capsys.readouterr()
     assert cli.main(other) == 2
-    assert "another configuration" in capsys.readouterr().err
+    assert "another configuration (k 5 there, 6 now)" in capsys.readouterr().err
     assert (out / "checkpoint.pt").read_bytes() == checkpoint
     assert (out / "config.json").read_text() == config

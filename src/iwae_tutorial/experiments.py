@@ -150,11 +150,10 @@ def train_run(
             changed = sorted(key for key, value in asdict(cfg).items()
                              if key != "epochs" and old.get(key) != value)
             if changed:  # only the number of epochs may change when a run is continued
-                raise ValueError(
-                    f"{run_dir} holds a run of another configuration (different "
-                    f"{', '.join(changed)}: {[old.get(c) for c in changed]}); use another run "
-                    "directory"
-                )
+                new = asdict(cfg)
+                diff = ", ".join(f"{c} {old.get(c)!r} there, {new[c]!r} now" for c in changed)
+                raise ValueError(f"{run_dir} holds a run of another configuration ({diff}); "
+                                 "use another run directory")
         cfg_path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     history = fit(model, x_train, objective=cfg.objective, k=cfg.k, schedule=cfg.schedule(),
                   batch_size=cfg.batch_size, seed=cfg.seed, binarize=ds.binarize,
