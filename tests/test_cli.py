@@ -68,7 +68,7 @@ def test_help_lists_the_subcommands_and_objectives(capsys):
     (["train", "--out", "x", "--k", "0"], "positive integer"),
     (["train", "--dataset", "mnist"], "--out"),
     (["train", "--out", "x", "--epochs", "1", "--lr", "0"], "positive finite number"),
-    (["train", "--out", "x", "--epochs", "1", "--lr", "fast"], "expected a positive number"),
+    (["train", "--out", "x", "--epochs", "1", "--lr", "fast"], "number, got 'fast'"),
     (["train", "--out", "x", "--lr", "2e-3"], "needs a number of epochs"),
     (["evaluate"], "--run"),
     (["fly"], "invalid choice"),

@@ -154,17 +154,8 @@ def paper_numbers(dataset: str, objective: str, k: int, n_layers: int) -> dict[s
 
 
 # ------------------------------------------------------------------------------- CLI
-from .cli import _positive_int  # noqa: E402  (cli imports this module lazily: no cycle)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
-    return v
+# cli imports this module lazily, so importing from it here makes no cycle
+from .cli import _add_data_args, _positive_float, _positive_int  # noqa: E402
 
 
 def _budget_arg(text: str) -> str:
@@ -213,16 +204,7 @@ def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="keep glibc's malloc defaults (see iwae_tutorial.fleet.tune_malloc)")
     if not any(a.dest == "device" for a in p._actions):
-        p.add_argument("--data-dir", default=None, metavar="DIR",
-                       help="data directory searched first (then $IWAE_DATA_DIR, then the user "
-                            "cache directory)")
-        p.add_argument("--no-download", action="store_true",
-                       help="never download missing data")
-        p.add_argument("--device", default=None,
-                       help="torch device (default: cuda if available, else cpu)")
-        p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
-                       help="CPU threads for torch (1 is often faster on a busy machine)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        _add_data_args(p)
     return p
 
 
