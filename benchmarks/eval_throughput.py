@@ -37,10 +37,10 @@ from train_throughput import (  # noqa: E402
     X_DIM,
     Timer,
     build_models,
-    device_name,
     load_average,
     median,
     peak_flops,
+    run_header,
 )
 
 from iwae_tutorial.bounds import log_mean_exp  # noqa: E402
@@ -140,14 +140,7 @@ def main(argv=None) -> dict:
 
     peak = peak_flops(device)
     out = {
-        "benchmark": "eval_throughput",
-        "device": device_name(device),
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "malloc_tuned": malloc_tuned,
-        "load_average_before": load_before,
-        "load_average_after": load_average(),
+        **run_header("eval_throughput", device, malloc_tuned, load_before),
         "k": args.k,
         "rounds": args.rounds,
         "models": len(models),

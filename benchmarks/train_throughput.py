@@ -81,6 +81,21 @@ class Timer:
         self.cpu = time.process_time() - self._c
 
 
+def run_header(benchmark: str, device: torch.device, malloc_tuned: bool,
+               load_before: list[float] | None) -> dict:
+    """The fields every benchmark result starts with: what ran, where, under which load."""
+    return {
+        "benchmark": benchmark,
+        "device": device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "malloc_tuned": malloc_tuned,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+    }
+
+
 def median(xs):
     return statistics.median(xs)
 
@@ -218,14 +233,7 @@ def main(argv=None) -> dict:
     peak = peak_flops(device)
 
     result = {
-        "benchmark": "train_throughput",
-        "device": device_name(device),
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "malloc_tuned": malloc_tuned,
-        "load_average_before": load_before,
-        "load_average_after": load_average(),
+        **run_header("train_throughput", device, malloc_tuned, load_before),
         "steps_timed": args.steps,
         "rounds": args.rounds,
         "batch_size": BATCH,

@@ -3,18 +3,11 @@
 #
 #   bash scripts/build_book.sh [extra jupyter-book build arguments]
 #
-# Runs scripts/setup.sh first. IWAE_DATA_DIR defaults to ../shared/data (relative to the
+# Runs scripts/setup.sh first (through scripts/env.sh). IWAE_DATA_DIR defaults to ../shared/data (relative to the
 # repository) when that folder exists and the variable is unset.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-bash scripts/setup.sh
-VENV="${IWAE_VENV:-$ROOT/.venv}"
-export PATH="$VENV/bin:$PATH"
-if [ -z "${IWAE_DATA_DIR:-}" ] && [ -d "$ROOT/../shared/data" ]; then
-  IWAE_DATA_DIR="$(cd "$ROOT/../shared/data" && pwd)"
-  export IWAE_DATA_DIR
-fi
+# shellcheck source=scripts/env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # ROOT, VENV, PY; PATH, IWAE_DATA_DIR
 echo "build_book: IWAE_PROFILE=${IWAE_PROFILE:-book} IWAE_DATA_DIR=${IWAE_DATA_DIR:-<unset>}"
 exec jupyter-book build . -W -n --keep-going "$@"

@@ -4,21 +4,13 @@
 #
 #   bash scripts/test.sh
 #
-# Runs scripts/setup.sh first. IWAE_DATA_DIR defaults to ../shared/data (relative to the
+# Runs scripts/setup.sh first (through scripts/env.sh). IWAE_DATA_DIR defaults to ../shared/data (relative to the
 # repository) when that folder exists and the variable is unset. Every step runs even if an
 # earlier one fails; the exit status is non-zero when any step failed.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-bash scripts/setup.sh
-VENV="${IWAE_VENV:-$ROOT/.venv}"
-export PATH="$VENV/bin:$PATH"
-PY="$VENV/bin/python"
-if [ -z "${IWAE_DATA_DIR:-}" ] && [ -d "$ROOT/../shared/data" ]; then
-  IWAE_DATA_DIR="$(cd "$ROOT/../shared/data" && pwd)"
-  export IWAE_DATA_DIR
-fi
+# shellcheck source=scripts/env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # ROOT, VENV, PY; PATH, IWAE_DATA_DIR
 echo "test: IWAE_DATA_DIR=${IWAE_DATA_DIR:-<unset: data-dependent tests may skip>}"
 
 NAMES=()

@@ -37,15 +37,6 @@ MEMBERS = [("vae", 1, ONE, 0), ("iwae", 5, ONE, 0), ("vae", 5, ONE, 1), ("iwae",
            ("vae", 3, TWO, 7)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small models: one thread is faster, and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def grey(n=N, dim=DIM, seed=0, dtype=torch.float32):
     return torch.rand(n, dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 

@@ -16,14 +16,6 @@ REQUIRED_CONFIG_KEYS = {"name", "objective", "k", "stochastic_layers", "nll", "e
 REQUIRED_PROVENANCE_KEYS = {"git_commit", "torch_version", "device_name", "date_utc", "command"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_dataset(name="mnist") -> Dataset:
     g = torch.Generator().manual_seed(0)
     return Dataset(name, torch.rand(40, 784, generator=g), torch.rand(10, 784, generator=g),

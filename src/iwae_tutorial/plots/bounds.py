@@ -15,6 +15,9 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 
+from ._util import get_axes as _ax
+from ._util import to_numpy as _np
+
 __all__ = [
     "plot_bound_vs_k",
     "plot_bound_histograms",
@@ -28,14 +31,6 @@ ELBO_COLOR = "C1"
 TRUTH_COLOR = "black"
 
 
-def _ax(ax: Axes | None, figsize: tuple[float, float] = (6, 4)) -> Axes:
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize)
-    return ax
-
-
-def _np(t: torch.Tensor | np.ndarray) -> np.ndarray:
-    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
 def plot_bound_vs_k(

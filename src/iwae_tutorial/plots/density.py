@@ -10,19 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+
+from ._util import get_axes
+from ._util import to_numpy as _np
 
 __all__ = ["plot_learned_densities", "plot_posterior_vs_q", "plot_decoder", "MODEL_COLORS"]
 
 #: one colour per model kind, used by every figure of the chapter
 MODEL_COLORS = {"VAE": "C1", "IWAE": "C0"}
-
-
-def _np(t: torch.Tensor | np.ndarray) -> np.ndarray:
-    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
 def plot_learned_densities(
@@ -39,8 +37,7 @@ def plot_learned_densities(
     ``learned_log_p``: ``{label: [log density on x_grid, one per seed]}``; the first seed is
     drawn solid, the others thinner. ``data``: samples shown as a grey histogram.
     """
-    if ax is None:
-        _, ax = plt.subplots(figsize=(7, 4))
+    ax = get_axes(ax, (7, 4))
     xg = _np(x_grid).reshape(-1)
     if data is not None:
         ax.hist(_np(data).reshape(-1), bins=80, density=True, color="0.85",
@@ -70,8 +67,7 @@ def plot_posterior_vs_q(
     color: str | None = None,
 ) -> Axes:
     """The model's true posterior p(z | x) (filled) and q(z | x) (line) on the grid ``z``."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.5))
+    ax = get_axes(ax, (5, 3.5))
     zg = _np(z).reshape(-1)
     ax.fill_between(zg, _np(true_post).reshape(-1), color="0.6", alpha=0.5,
                     label=r"true posterior $p_\theta(z\mid x)$")
@@ -95,8 +91,7 @@ def plot_decoder(
 ) -> Axes:
     """What a 1-D decoder does with its code: the mean of p(x | z) against z, with a band of
     plus or minus one standard deviation (from :func:`iwae_tutorial.toy.decoder_on_grid`)."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(5, 3.5))
+    ax = get_axes(ax, (5, 3.5))
     zg = _np(z).reshape(-1)
     m, s = _np(mean).reshape(-1), _np(std).reshape(-1)
     ax.fill_between(zg, m - s, m + s, color=color, alpha=0.2, lw=0)

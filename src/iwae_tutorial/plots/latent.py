@@ -16,6 +16,8 @@ import torch
 from matplotlib.axes import Axes
 
 from ..latent import LatentGrid
+from ._util import get_axes
+from ._util import to_numpy as _np
 
 __all__ = [
     "tile_images",
@@ -32,14 +34,6 @@ IWAE_COLOR = "C0"
 VAE_COLOR = "C1"
 
 
-def _ax(ax: Axes | None, figsize: tuple[float, float] = (5, 5)) -> Axes:
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize)
-    return ax
-
-
-def _np(t: torch.Tensor | np.ndarray) -> np.ndarray:
-    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
 def tile_images(images: torch.Tensor | np.ndarray, ncol: int | None = None, pad: int = 1,
@@ -70,7 +64,7 @@ def tile_images(images: torch.Tensor | np.ndarray, ncol: int | None = None, pad:
 def plot_image_grid(images: torch.Tensor | np.ndarray, ncol: int | None = None, *,
                     title: str | None = None, ax: Axes | None = None) -> Axes:
     """Show images ([n, 784] or [rows, cols, 784]) as one tiled picture, dark ink on white."""
-    ax = _ax(ax)
+    ax = get_axes(ax, (5, 5))
     ax.imshow(tile_images(images, ncol), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     if title:
@@ -108,7 +102,7 @@ def plot_manifold(images: torch.Tensor, span: float, *, title: str | None = None
                   ax: Axes | None = None) -> Axes:
     """The decoded grid from :func:`iwae_tutorial.latent.decode_grid` ([n, n, 784]), with the
     axes labelled in z units."""
-    ax = _ax(ax)
+    ax = get_axes(ax, (5, 5))
     n = images.shape[0]
     pic = tile_images(images, pad=0)
     half = span * n / (n - 1)  # each image is centred on its z
@@ -125,7 +119,7 @@ def plot_latent_scatter(z: torch.Tensor, labels: torch.Tensor, *, title: str | N
                         ax: Axes | None = None, legend: bool = True, s: float = 3.0,
                         lim: float | None = None) -> Axes:
     """The encodings z: [n, 2] coloured by class labels: [n] (digits 0-9)."""
-    ax = _ax(ax)
+    ax = get_axes(ax, (5, 5))
     z, y = _np(z), _np(labels)
     cmap = plt.get_cmap("tab10")
     for c in np.unique(y):
@@ -173,7 +167,7 @@ def plot_posterior_vs_q(grid: LatentGrid, log_post: torch.Tensor, log_q: torch.T
     (for a posterior much narrower than q), with a frame marking where it is; the inset
     shows the posterior only (q is nearly flat at that scale).
     """
-    ax = _ax(ax)
+    ax = get_axes(ax, (5, 5))
     _draw_posterior_vs_q(ax, grid, log_post, log_q, q_color, levels)
     if inset is not None:
         sub = ax.inset_axes([0.6, 0.6, 0.38, 0.38])

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..results import KS, ROWS, table1_cells
+from ._util import get_axes
 
 __all__ = ["plot_nll_vs_k", "plot_learning_curves", "plot_unit_variances"]
 
@@ -22,8 +22,7 @@ _STYLE = {("vae", 1): ("tab:blue", "o"), ("iwae", 1): ("tab:red", "o"),
 def plot_nll_vs_k(result: Mapping[str, Any], ax: Axes | None = None,
                   title: str | None = None) -> Figure:
     """Test NLL against k for each (model, layers) row: ours solid, the paper's dashed."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 4))
+    ax = get_axes(ax, (6.5, 4))
     cells = table1_cells(result)
     for obj, layers in ROWS:
         color, marker = _STYLE[(obj, layers)]
@@ -49,8 +48,7 @@ def plot_nll_vs_k(result: Mapping[str, Any], ax: Axes | None = None,
 
 def plot_learning_curves(result: Mapping[str, Any], ax: Axes | None = None) -> Figure:
     """The training bound per epoch of every configuration."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 4))
+    ax = get_axes(ax, (6.5, 4))
     for c in result["configurations"]:
         color, marker = _STYLE.get((c["objective"], int(c["stochastic_layers"])), ("k", "."))
         y = c["train_bound_per_epoch"]
@@ -68,8 +66,7 @@ def plot_unit_variances(variances: Mapping[str, Sequence[Any]], threshold: float
                         ax: Axes | None = None) -> Figure:
     """Histogram of log10 Var_x E_q[h_j | x] over the units of each named model (all
     stochastic layers pooled), with the active-unit threshold."""
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6.5, 4))
+    ax = get_axes(ax, (6.5, 4))
     all_v = np.concatenate([np.concatenate([np.asarray(v, dtype=float) for v in layers])
                             for layers in variances.values()])
     lo = np.log10(max(all_v.min(), 1e-12))
