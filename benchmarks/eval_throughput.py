@@ -26,7 +26,6 @@ The models are freshly initialised (the cost does not depend on the weights).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from train_throughput import (  # noqa: E402
     load_average,
     median,
     peak_flops,
+    report,
     run_header,
 )
 
@@ -169,11 +169,7 @@ def main(argv=None) -> dict:
                                                          / rate["per_example_loop"] / 3600)
     out["notes"] = ("throughput in (model x test image) L_k evaluations per second, wall "
                     "time; FLOPs count the matrix products of the forward passes only")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps(out))
-    return out
+    return report(out, args.out)
 
 
 if __name__ == "__main__":

@@ -27,12 +27,12 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from iwae_tutorial.fleet import Fleet, FleetMember, table1_configs, tune_malloc
 from iwae_tutorial.models import IWAE
+from iwae_tutorial.provenance import write_json_atomic
 from iwae_tutorial.train import fit
 
 BATCH = 20
@@ -94,6 +94,15 @@ def run_header(benchmark: str, device: torch.device, malloc_tuned: bool,
         "load_average_before": load_before,
         "load_average_after": load_average(),
     }
+
+
+def report(result: dict, out: str | None) -> dict:
+    """Print the result as the last line of output (one JSON object) and, with ``out``, write
+    it there atomically."""
+    if out:
+        write_json_atomic(out, result)
+    print(json.dumps(result))
+    return result
 
 
 def median(xs):
@@ -275,11 +284,7 @@ def main(argv=None) -> dict:
         "CPU time instead (less sensitive to other jobs on a shared machine). FLOPs count the "
         "matrix products only (3 x forward). Projection: 3,280 epochs x 2,980 steps, training "
         "only (no evaluation).")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result))
-    return result
+    return report(result, args.out)
 
 
 if __name__ == "__main__":
