@@ -30,9 +30,9 @@ import time
 
 import torch
 
+from iwae_tutorial.checkpoints import write_json_atomic
 from iwae_tutorial.fleet import Fleet, FleetMember, table1_configs, tune_malloc
 from iwae_tutorial.models import IWAE
-from iwae_tutorial.provenance import write_json_atomic
 from iwae_tutorial.train import fit
 
 BATCH = 20

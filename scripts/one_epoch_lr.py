@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
+from iwae_tutorial.checkpoints import write_json_atomic
 from iwae_tutorial.data import load_mnist
 from iwae_tutorial.evaluate import log_likelihood
 from iwae_tutorial.experiments import RunConfig, load_dataset, train_run
-from iwae_tutorial.provenance import provenance, write_json_atomic
+from iwae_tutorial.provenance import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,16 +8,16 @@ import math
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
 
 from iwae_tutorial import cli
+from iwae_tutorial.checkpoints import write_json_atomic
 from iwae_tutorial.data import find_data_dir
 from iwae_tutorial.evaluate import log_likelihood
 from iwae_tutorial.experiments import load_dataset, load_run
-from iwae_tutorial.provenance import provenance, write_json_atomic
+from iwae_tutorial.provenance import provenance
 
 MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte"]
@@ -63,6 +63,12 @@ def test_help_lists_the_subcommands_and_objectives(capsys):
     (["train", "--out", "x", "--layers", "200,abc"], "cannot read layers"),
     (["train", "--out", "x", "--layers", "200,0"], "cannot read layers"),
     (["train", "--out", "x", "--layers", ";"], "cannot read layers"),
+    (["train", "--out", "x", "--layers", "200,,50"], "cannot read layers"),
+    (["train", "--out", "x", "--layers", "200,200,50;"], "cannot read layers"),
+    (["train", "--out", "x", "--seed", "-1"], "argument --seed: expected a seed from 0"),
+    (["train", "--out", "x", "--seed", str(2**64)], "argument --seed: expected a seed from 0"),
+    (["reproduce", "--seed", "-2"], "argument --seed: expected a seed from 0"),
+    (["evaluate", "--run", "x", "--eval-seed", "x1"], "argument --eval-seed"),
     (["train", "--out", "x", "--dataset", "cifar"], "invalid choice: 'cifar'"),
     (["train", "--out", "x", "--objective", "wake-sleep"], "invalid choice: 'wake-sleep'"),
     (["train", "--out", "x", "--k", "0"], "positive integer"),
@@ -106,30 +112,28 @@ def test_evaluate_of_a_missing_run(tmp_path, capsys):
     assert "config.json" in capsys.readouterr().err
 
 
-def test_reproduce_without_its_module(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "iwae_tutorial.reproduce", None)  # import fails
-    assert cli.main(["reproduce", "--anything"]) == 2
-    err = capsys.readouterr().err
-    assert "reproduce" in err and "not available" in err
+def test_reproduce_options_are_parsed_by_the_cli(monkeypatch, capsys, tmp_path):
+    """All argparse lives in cli.py: reproduce's options, data set names as in train, and the
+    call to :func:`iwae_tutorial.reproduce.reproduce` with them."""
+    import iwae_tutorial.reproduce as rp
 
-
-def test_reproduce_is_delegated(monkeypatch, capsys):
     seen = {}
-    fake = types.ModuleType("iwae_tutorial.reproduce")
 
-    def configure_parser(parser):
-        parser.add_argument("--table", type=int, required=True)
+    def fake_reproduce(dataset, budget, **kw):
+        seen.update(dataset=dataset, budget=budget, **kw)
+        return "done", tmp_path / "r.json"
 
-    def run(args):
-        seen["table"] = args.table
-        return 3
-
-    fake.configure_parser, fake.run = configure_parser, run
-    monkeypatch.setitem(sys.modules, "iwae_tutorial.reproduce", fake)
-    assert cli.main(["reproduce", "--table", "2"]) == 3
-    assert seen == {"table": 2}
-    assert cli.main(["reproduce"]) == 2  # its own parser's errors
-    assert "--table" in capsys.readouterr().err
+    monkeypatch.setattr(rp, "reproduce", fake_reproduce)
+    argv = ["reproduce", "--dataset", "omniglot-lake28", "--budget", "7", "--seed", "3",
+            "--device", "cpu", "--results-dir", str(tmp_path / "res"),
+            "--run-root", str(tmp_path / "runs"), "--no-malloc-tuning"]
+    assert cli.main(argv) == 0
+    assert (seen["dataset"], seen["budget"], seen["seed"]) == ("omniglot-lake28", "7", 3)
+    assert str(seen["device"]) == "cpu" and seen["command"][-len(argv):] == argv
+    assert cli.main(["reproduce", "--budget", "lots"]) == 2  # its parser's errors
+    assert "--budget" in capsys.readouterr().err
+    assert cli.main(["reproduce", "--dataset", "omniglot"]) == 2
+    assert "invalid choice: 'omniglot'" in capsys.readouterr().err
 
 
 def test_provenance_and_atomic_json(tmp_path):

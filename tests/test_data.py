@@ -22,6 +22,9 @@ import pytest
 import torch
 
 from iwae_tutorial import data
+from iwae_tutorial.data import files as data_files
+from iwae_tutorial.data import mnist as data_mnist
+from iwae_tutorial.data import omniglot as data_omniglot
 
 MNIST_STEMS = [
     "train-images-idx3-ubyte",
@@ -62,12 +65,12 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No $IWAE_DATA_DIR, a private empty cache dir, and no network: returns the cache dir."""
     cache = tmp_path / "user-cache"
     monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setattr(data, "_cache_dir", lambda: cache)
+    monkeypatch.setattr(data_files, "_cache_dir", lambda: cache)
 
     def no_network(url: str, timeout: float):
         raise AssertionError(f"unexpected network access to {url}")
 
-    monkeypatch.setattr(data, "_urlopen", no_network)
+    monkeypatch.setattr(data_files, "_urlopen", no_network)
     return cache
 
 
@@ -99,7 +102,7 @@ def make_fake_mnist(root: Path, monkeypatch: pytest.MonkeyPatch, n_train: int = 
         name = spec.name if i % 2 == 0 else spec.name.removesuffix(".gz")
         md5 = write_idx(root / "mnist" / name, arr, compress=name.endswith(".gz"))
         specs[key] = dataclasses.replace(spec, digest=md5)
-    monkeypatch.setattr(data, "MNIST_FILES", specs)
+    monkeypatch.setattr(data_mnist, "MNIST_FILES", specs)
     return arrays
 
 
@@ -249,7 +252,7 @@ def test_load_mnist_no_network_one_clear_error(isolated: Path, tmp_path: Path,
         assert timeout > 0
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(data, "_urlopen", offline)
+    monkeypatch.setattr(data_files, "_urlopen", offline)
     root = tmp_path / "root"
     with pytest.raises(data.DataError, match="Could not download") as exc:
         data.load_mnist(root=root, download=True)
@@ -278,7 +281,7 @@ def test_download_wrong_checksum_leaves_nothing(isolated: Path, tmp_path: Path,
         served.append(url)
         return FakeResponse(gzip.compress(idx_bytes(np.arange(49, dtype=np.uint8))))
 
-    monkeypatch.setattr(data, "_urlopen", serve_bad)
+    monkeypatch.setattr(data_files, "_urlopen", serve_bad)
     root = tmp_path / "root"
     (root / "mnist").mkdir(parents=True)
     with pytest.raises(data.DataError, match="checksum mismatch") as exc:
@@ -303,7 +306,7 @@ def test_download_right_checksum_appears_atomically(isolated: Path, tmp_path: Pa
             raise urllib.error.URLError("first mirror down")
         return FakeResponse(gzip.compress(good))
 
-    monkeypatch.setattr(data, "_urlopen", serve)
+    monkeypatch.setattr(data_files, "_urlopen", serve)
     root = tmp_path / "root"  # does not exist yet: created for the download
     path = data._ensure_file(spec, root=root, download=True)
     assert path == root / "mnist" / "train-labels-idx1-ubyte.gz"
@@ -319,7 +322,7 @@ def test_download_goes_to_first_writable_dir(isolated: Path, tmp_path: Path,
     good = idx_bytes(np.zeros(5, np.uint8))
     spec = dataclasses.replace(data.MNIST_FILES["test_labels"],
                                digest=hashlib.md5(good).hexdigest())
-    monkeypatch.setattr(data, "_urlopen", lambda url, timeout: FakeResponse(good))
+    monkeypatch.setattr(data_files, "_urlopen", lambda url, timeout: FakeResponse(good))
     read_only = tmp_path / "readonly"
     read_only.mkdir()
     read_only.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
@@ -348,7 +351,7 @@ def test_mnist_real_split_sizes() -> None:
     assert m.x_train.dtype == torch.float32 and m.y_test.dtype == torch.int64
     assert float(m.x_train.min()) == 0.0 and float(m.x_train.max()) == 1.0
     assert set(m.y_test.unique().tolist()) == set(range(10))
-    assert abs(float(m.x_test.mean()) - 0.132515) < 1e-4  # SOURCES.md: MNIST test mean/255
+    assert abs(float(m.x_test.mean()) - 0.132515) < 1e-4  # published MNIST statistic: test mean/255
     t0 = time.perf_counter()
     data.load_mnist(root=root, download=False)
     assert time.perf_counter() - t0 < max(2.0, first)  # verification is cached
@@ -362,7 +365,7 @@ def test_binarized_mnist_real() -> None:
         (50000, 784), (10000, 784), (10000, 784))
     assert b.y_train is None and b.y_valid is None and b.y_test is None
     assert set(b.x_test.unique().tolist()) == {0.0, 1.0}
-    assert int(b.x_test.sum()) == 1038896  # SOURCES.md
+    assert int(b.x_test.sum()) == 1038896  # the published statistics of the file
 
 
 def test_lake28_real_sizes_and_variant() -> None:
@@ -412,7 +415,7 @@ def test_lake28_synthetic_split(isolated: Path, tmp_path: Path,
             p = d / f"images_{sheet}.{kind}"
             specs[f"{sheet}_{kind}"] = dataclasses.replace(
                 specs[f"{sheet}_{kind}"], digest=hashlib.sha256(p.read_bytes()).hexdigest())
-    monkeypatch.setattr(data, "OMNIGLOT28_FILES", specs)
+    monkeypatch.setattr(data_omniglot, "OMNIGLOT28_FILES", specs)
 
     o = data.load_omniglot(root=root, variant="lake28", download=False)
     assert o.name == "omniglot-lake28"
@@ -448,7 +451,7 @@ def test_burda_missing_raises_clear_error(isolated: Path, tmp_path: Path,
     def offline(url: str, timeout: float):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(data, "_urlopen", offline)
+    monkeypatch.setattr(data_files, "_urlopen", offline)
     with pytest.raises(data.DataError, match="Could not download") as exc:
         data.load_omniglot(root=root, variant="burda", download=True)
     assert 'variant="lake28"' in str(exc.value) and "chardata.mat" in str(exc.value)
@@ -458,7 +461,7 @@ def test_burda_missing_raises_clear_error(isolated: Path, tmp_path: Path,
 
 
 def test_burda_missing_on_this_machine() -> None:
-    """Where the real data dir is configured, chardata.mat is absent (see SOURCES.md)."""
+    """Where the real data dir is configured, chardata.mat is absent (no copy of it there)."""
     root = real_root("omniglot28", LAKE28_FILES)
     if (root / "omniglot" / "chardata.mat").exists():
         pytest.skip("chardata.mat is present here")
@@ -546,7 +549,7 @@ def test_burda_synthetic_chardata(isolated: Path, tmp_path: Path,
                    "testtarget": target[:, 3:]})
     spec = dataclasses.replace(data.CHARDATA_FILE,
                                digest=hashlib.md5(path.read_bytes()).hexdigest())
-    monkeypatch.setattr(data, "CHARDATA_FILE", spec)
+    monkeypatch.setattr(data_omniglot, "CHARDATA_FILE", spec)
     o = data.load_omniglot(root=tmp_path / "root", variant="burda", download=False)
     assert o.variant == "burda" and o.name == "omniglot-burda"
     assert o.x_train.shape == (3, 784) and o.x_test.shape == (2, 784)

@@ -14,15 +14,12 @@ import torch
 from iwae_tutorial import objectives
 from iwae_tutorial.models import IWAE
 from iwae_tutorial.objectives import OBJECTIVES, iwae_objective
+from iwae_tutorial.schedule import Stage, burda_schedule, schedule_epochs, truncate_schedule
 from iwae_tutorial.train import (
     CHECKPOINT_NAME,
-    Stage,
     TrainingDivergedError,
-    burda_schedule,
     fit,
     load_checkpoint,
-    schedule_epochs,
-    truncate_schedule,
 )
 
 N, BATCH, K = 200, 20, 3
@@ -147,7 +144,7 @@ def test_kill_mid_epoch_then_resume(tmp_path, monkeypatch, uninterrupted):
     assert calls["n"] == STEPS + 5 and len(digests) == 1
     assert file_digest(tmp_path / CHECKPOINT_NAME) == digests[0]
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["epoch"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_NAME, "log.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", CHECKPOINT_NAME, "log.jsonl"]
 
     calls["kill_at"] = -1
     resumed = small_model(seed=7)

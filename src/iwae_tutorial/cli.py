@@ -6,13 +6,19 @@
 - ``evaluate``: evaluate a run directory written by ``train`` (other k, other test subset).
 - ``reproduce``: the paper's tables (see :mod:`iwae_tutorial.reproduce`).
 
-Bad input (missing data, unknown names, malformed sizes) gives a one-line error and exit
-status 2; a diverged run gives exit status 1. Set ``IWAE_DEBUG=1`` to see tracebacks.
+All the argument parsing of every subcommand lives here; the work is done by the modules
+below (``experiments``, ``evaluate``, ``reproduce``).
+
+Bad input (missing or corrupt data, unknown names, malformed sizes, an unreadable checkpoint,
+a run directory in use, a folder that cannot be written, too little memory) gives a one-line
+error and exit status 2; a diverged run gives exit status 1. Set ``IWAE_DEBUG=1`` to see
+tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -24,8 +30,8 @@ __all__ = ["main", "build_parser", "parse_layers"]
 
 PROG = "iwae-tutorial"
 DATASETS = ("mnist", "omniglot-lake28", "omniglot-burda", "binarized-mnist", "camel")
-ACTIVE_UNITS_N = 500  # the first 500 training examples, binarized once (authors' code)
-ACTIVE_UNITS_THRESHOLD = 0.01
+REPRODUCE_DATASETS = ("mnist", "omniglot-lake28", "omniglot-burda")
+SEED_MAX = 2**63 - 3  # a run derives seeds seed, seed + 1 and seed + 2
 
 
 class CLIError(Exception):
@@ -68,11 +74,24 @@ _positive_int = _positive(int, "a positive integer")
 _positive_float = _positive(float, "a positive finite number")
 
 
-def _int(text: str) -> int:
+def _seed(text: str) -> int:
+    """argparse type for seeds: an integer in [0, SEED_MAX]."""
     try:
-        return int(text)
+        v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {SEED_MAX}, got {v}")
+    return v
+
+
+def _budget(text: str) -> str:
+    from .reproduce import resolve_budget
+
+    try:
+        return resolve_budget(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 # --------------------------------------------------------------------------- parser
@@ -96,14 +115,14 @@ def _add_eval_args(p: argparse.ArgumentParser, k_flag: str, n_flag: str) -> None
                         "as in the paper)")
     p.add_argument(n_flag, dest="eval_n", type=_positive_int, default=None, metavar="N",
                    help="evaluate on the first N test images only (default: all of them)")
-    p.add_argument("--eval-seed", type=_int, default=0,
-                   help="seed of the evaluation's sampling noise (default 0)")
+    p.add_argument("--eval-seed", type=_seed, default=0,
+                   help="seed of the test binarization and of the L_k noise (default 0)")
     p.add_argument("--eval-batch-size", type=_positive_int, default=100, metavar="B",
                    help="test images per L_k batch (default 100)")
 
 
-def build_parser(reproduce_module: Any = None) -> argparse.ArgumentParser:
-    """The argument parser. ``reproduce_module`` (when given) configures ``reproduce``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
     from .objectives import OBJECTIVES
 
     parser = argparse.ArgumentParser(
@@ -140,11 +159,13 @@ def build_parser(reproduce_module: Any = None) -> argparse.ArgumentParser:
                         "validation images (see README)")
     t.add_argument("--n-train", type=_positive_int, default=None, metavar="N",
                    help="use the first N training examples only (default: all)")
-    t.add_argument("--seed", type=_int, default=0, help="random seed (default 0)")
+    t.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     t.add_argument("--batch-size", type=_positive_int, default=20, help="minibatch (default 20)")
     t.add_argument("--out", required=True, metavar="DIR", help="run directory (required)")
     _add_eval_args(t, "--eval-k", "--eval-n")
     t.add_argument("--skip-eval", action="store_true", help="train only; no test NLL")
+    t.add_argument("--restart", action="store_true",
+                   help="discard the run in OUT (checkpoint, log, results) and start anew")
     _add_data_args(t)
 
     e = sub.add_parser(
@@ -157,13 +178,51 @@ def build_parser(reproduce_module: Any = None) -> argparse.ArgumentParser:
                    help="result file (default: DIR/eval.json)")
     _add_data_args(e)
 
-    r = sub.add_parser("reproduce", help="reproduce the paper's tables (see --help)",
-                       description="Reproduce the paper's experiments.")
-    if reproduce_module is not None:
-        reproduce_module.configure_parser(r)
-    else:
-        r.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    r = sub.add_parser("reproduce", help="reproduce the paper's Table 1 (see --help)")
+    _add_reproduce_args(r)
     return parser
+
+
+def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
+    from .reproduce import EXIT_NOT_FINISHED
+
+    p.description = (
+        "Train the 12 configurations of Table 1 (VAE/IWAE x k=1,5,50 x 1 or 2 stochastic "
+        "layers) together with the fleet trainer, evaluate them, and write "
+        "RESULTS_DIR/<dataset>-<budget>.json. Resumable: run the same command again to "
+        f"continue. Exit status {EXIT_NOT_FINISHED}: stopped early (time limit or signal), "
+        "state saved.")
+    p.add_argument("--dataset", choices=REPRODUCE_DATASETS, default="mnist",
+                   help="mnist (dynamically binarized, default), omniglot-lake28 (not the "
+                        "paper's split) or omniglot-burda (the paper's chardata.mat)")
+    p.add_argument("--budget", type=_budget, default="book",
+                   help="smoke (seconds), book (default; ~20-35 min on 2 CPU cores for MNIST), "
+                        "full (the paper's 3,280 epochs) or a number of epochs of the paper's "
+                        "schedule on all training images")
+    p.add_argument("--max-minutes", type=_positive_float, default=None, metavar="M",
+                   help="stop cleanly (checkpointed) before M minutes of wall time; run the "
+                        "same command again to continue")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed of every configuration (default 0)")
+    p.add_argument("--eval-k", type=_positive_int, default=None, metavar="K",
+                   help="override the budget's number of samples of L_k")
+    p.add_argument("--eval-n", type=_positive_int, default=None, metavar="N",
+                   help="override the budget's number of test images (the first N)")
+    p.add_argument("--eval-seed", type=_seed, default=0,
+                   help="seed of the test binarization and of the L_k noise (default 0)")
+    p.add_argument("--eval-batch-size", type=_positive_int, default=100, metavar="B",
+                   help="test images per L_k batch (default 100)")
+    p.add_argument("--run-root", default="runs/reproduce", metavar="DIR",
+                   help="where the resumable state goes (default runs/reproduce)")
+    p.add_argument("--results-dir", default="results", metavar="DIR",
+                   help="where the result JSON goes (default results)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the saved state of this dataset and budget and start anew")
+    p.add_argument("--gemm", choices=("auto", "onednn", "bmm"), default="auto",
+                   help="matrix-product kernels of the fleet on the CPU (default auto)")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="keep glibc's malloc defaults (see iwae_tutorial.fleet.tune_malloc)")
+    _add_data_args(p)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -175,16 +234,28 @@ def _set_threads(n: int | None) -> None:
 
 
 def _device(name: str | None):
+    """The torch device of ``--device`` (else ``$IWAE_DEVICE``, else cuda when available, else
+    cpu), checked to exist here; a CLIError names the option or variable it came from."""
     import torch
 
-    from .profiles import default_device
-
+    env = os.environ.get("IWAE_DEVICE", "").strip()
+    source, text = ("--device", name) if name else ("IWAE_DEVICE", env) if env else (None, None)
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shown = f"--device {text}" if source == "--device" else f"IWAE_DEVICE={text}"
     try:
-        dev = torch.device(name) if name else default_device()
-    except (RuntimeError, ValueError) as e:
-        raise CLIError(f"bad --device {name!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise CLIError(f"--device {name} requested but CUDA is not available; use --device cpu")
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"{shown} is not a device; use cpu or cuda (cuda:N for GPU N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"{shown}: no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CLIError(f"{shown}: there are only {torch.cuda.device_count()} CUDA GPU(s) "
+                           "here; use cuda:0 or --device cpu")
+    elif dev.type != "cpu":
+        raise CLIError(f"{shown}: only cpu and cuda devices are supported; use --device cpu"
+                       + (" or cuda" if torch.cuda.is_available() else ""))
     return dev
 
 
@@ -208,7 +279,7 @@ def _evaluate(model, ds, *, k: int, n: int | None, seed: int, batch_size: int,
     ``reproduce``), and the active units on the first 500 training examples binarized once."""
     import torch
 
-    from .evaluate import active_units, log_likelihood
+    from .evaluate import ACTIVE_UNITS_THRESHOLD, log_likelihood, paper_active_units
     from .experiments import eval_images
 
     device = model.device
@@ -222,11 +293,7 @@ def _evaluate(model, ds, *, k: int, n: int | None, seed: int, batch_size: int,
     t_nll = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    gen_au = torch.Generator(device=device).manual_seed(seed + 1)
-    x_au = ds.x_train[:ACTIVE_UNITS_N].to(device)
-    if ds.binarize:
-        x_au = torch.bernoulli(x_au, generator=gen_au)
-    au = active_units(model, x_au, ACTIVE_UNITS_THRESHOLD, generator=gen_au)
+    au, n_au = paper_active_units(model, ds.x_train, ds.binarize, seed)
     t_au = time.perf_counter() - t0
 
     nll = -ll
@@ -244,7 +311,7 @@ def _evaluate(model, ds, *, k: int, n: int | None, seed: int, batch_size: int,
         "active_units": list(au.counts),
         "active_units_total": int(sum(au.counts)),
         "active_units_variances": [v.tolist() for v in au.variances],
-        "active_units_n": int(x_au.shape[0]),
+        "active_units_n": n_au,
         "active_units_threshold": ACTIVE_UNITS_THRESHOLD,
         "_seconds": {"eval_nll": t_nll, "active_units": t_au},
     }
@@ -289,9 +356,10 @@ def _summary(result: dict[str, Any]) -> str:
 def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from dataclasses import asdict
 
+    from .checkpoints import check_writable, write_json_atomic
     from .experiments import RunConfig, train_run
-    from .provenance import provenance, write_json_atomic
-    from .train import schedule_epochs
+    from .provenance import provenance
+    from .schedule import schedule_epochs
 
     t_start = time.perf_counter()
     try:
@@ -304,7 +372,9 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     device = _device(args.device)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a directory")
+        raise CLIError(f"--out {out} exists and is not a directory; --out names the run "
+                       "directory (it is created)")
+    check_writable(out / "result.json", "--out")  # before any training
 
     t0 = time.perf_counter()
     ds = _load_dataset(cfg.dataset, args, cfg.seed)
@@ -322,7 +392,8 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _log(f"training {cfg.name} on {ds.name} ({n_used} examples, device {device}) into {out}")
     t0 = time.perf_counter()
     try:
-        model, history = train_run(cfg, run_dir=out, device=device, ds=ds, progress=progress)
+        model, history = train_run(cfg, run_dir=out, device=device, ds=ds, progress=progress,
+                                   restart=args.restart)
     except KeyboardInterrupt:
         _log(f"interrupted; the last finished epoch is saved in {out}. Run the same command "
              "again to resume.")
@@ -370,19 +441,22 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from dataclasses import asdict
 
+    from .checkpoints import check_writable, write_json_atomic
     from .experiments import load_run
-    from .provenance import provenance, write_json_atomic
-    from .train import schedule_epochs
+    from .provenance import provenance
+    from .schedule import schedule_epochs
 
     t_start = time.perf_counter()
     run = Path(args.run)
     if not run.is_dir():
         raise CLIError(f"--run {run} is not a directory")
+    path = Path(args.out) if args.out else run / "eval.json"
+    check_writable(path, "--out")  # before any computing
     _set_threads(args.threads)
     device = _device(args.device)
     try:
         model, cfg, history = load_run(run, device=device)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except FileNotFoundError as e:
         raise CLIError(str(e)) from None
     ds = _load_dataset(cfg.dataset, args, cfg.seed)
     ev = _evaluate(model, ds, k=args.eval_k, n=args.eval_n, seed=args.eval_seed,
@@ -401,7 +475,6 @@ def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
         **ev,
         "wall_seconds": seconds,
     }
-    path = Path(args.out) if args.out else run / "eval.json"
     result["provenance"] = provenance(command=[PROG, *argv],
                                       wall_seconds=time.perf_counter() - t_start, device=device)
     write_json_atomic(path, result)
@@ -409,59 +482,85 @@ def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- entry point
-def _subcommand(argv: Sequence[str]) -> str | None:
-    for a in argv:
-        if not a.startswith("-"):
-            return a
-    return None
+def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .checkpoints import check_writable
+    from .fleet import tune_malloc
+    from .reproduce import EXIT_NOT_FINISHED, reproduce
+
+    device = _device(args.device)
+    _set_threads(args.threads)
+    check_writable(Path(args.results_dir) / f"{args.dataset}-{args.budget}.json",
+                   "--results-dir")
+    check_writable(Path(args.run_root) / "probe", "--run-root")  # before any computing
+    if not args.no_malloc_tuning:
+        tune_malloc()
+    status, path = reproduce(
+        args.dataset, args.budget, run_root=args.run_root, results_dir=args.results_dir,
+        device=device, max_minutes=args.max_minutes, seed=args.seed, eval_k=args.eval_k,
+        eval_n=args.eval_n, eval_seed=args.eval_seed, eval_batch_size=args.eval_batch_size,
+        restart=args.restart, gemm=args.gemm, data_dir=args.data_dir,
+        download=not args.no_download, progress=not args.no_progress,
+        command=["python", "-m", "iwae_tutorial", *argv])
+    if status == "done":
+        print(f"wrote {path}")
+        return 0
+    print(f"stopped before the end ({status}); the state is saved. Run the same command again "
+          "to continue.", file=sys.stderr)
+    return EXIT_NOT_FINISHED
 
 
-def _import_reproduce() -> Any:
-    """The reproduce module, or None when it does not exist (yet)."""
-    import importlib
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "reproduce": cmd_reproduce}
 
-    try:
-        return importlib.import_module(f"{__package__}.reproduce")
-    except ModuleNotFoundError as e:
-        if e.name in (f"{__package__}.reproduce",):
-            return None
-        raise
+
+def user_error(e: BaseException, command: str) -> str | None:
+    """The one-line message for an error caused by the input or the machine (bad data, an
+    unreadable checkpoint, a folder in use or not writable, a full disk, too little memory),
+    or None for anything else (a bug: shown with its traceback)."""
+    import torch
+
+    from .checkpoints import CheckpointError, RunDirLockedError
+    from .data import DataError
+
+    if isinstance(e, (CLIError, DataError, CheckpointError, RunDirLockedError, ValueError)):
+        text = str(e)
+    elif isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+            isinstance(e, RuntimeError) and ("out of memory" in str(e).lower()
+                                             or "can't allocate memory" in str(e).lower())):
+        sizes = {"train": "--k or --batch-size (training) or --eval-batch-size (evaluation)",
+                 "evaluate": "--eval-batch-size (or --k)",
+                 "reproduce": "--eval-batch-size (or a smaller --budget)"}[command]
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = f"out of memory ({first[:160]}); try a smaller {sizes}"
+    elif isinstance(e, OSError):
+        what = e.filename or ""
+        reason = e.strerror or str(e)
+        fix = {errno.ENOSPC: "free some disk space or write elsewhere",
+               errno.EDQUOT: "free some disk space or write elsewhere",
+               errno.EACCES: "choose a folder you can write to (or fix its permissions)",
+               errno.EPERM: "choose a folder you can write to (or fix its permissions)",
+               errno.EROFS: "choose a folder on a writable disk"}.get(e.errno, "")
+        text = str(e) if not e.strerror else f"{what}: {reason}" if what else reason
+        if fix:
+            text = f"{text}; {fix}"
+    else:
+        return None
+    return " ".join(text.split())  # one line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 failure, 2 bad input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get("IWAE_DEBUG", "") not in ("", "0")
-    reproduce = None
-    if _subcommand(argv) == "reproduce":
-        reproduce = _import_reproduce()
-        if reproduce is None:
-            print(f"{PROG} reproduce: error: this installation has no reproduce module "
-                  f"({__package__}.reproduce); the subcommand is not available yet",
-                  file=sys.stderr)
-            return 2
-    parser = build_parser(reproduce)
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or bad arguments (2, message printed)
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
 
-    from .data import DataError
     from .train import TrainingDivergedError
 
     try:
-        if args.command == "train":
-            return cmd_train(args, argv)
-        if args.command == "evaluate":
-            return cmd_evaluate(args, argv)
-        return int(reproduce.run(args) or 0)
-    except (CLIError, DataError, ValueError) as e:
-        # bad input: missing data, unknown names, a checkpoint of another configuration, ...
-        if debug or (isinstance(e, ValueError) and args.command == "reproduce"):
-            raise
-        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return COMMANDS[args.command](args, argv)
     except TrainingDivergedError as e:
         if debug:
             raise
@@ -472,6 +571,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = user_error(e, args.command)
+        if debug or message is None:
+            raise
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

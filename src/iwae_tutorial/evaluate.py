@@ -10,7 +10,13 @@ from torch import Tensor
 
 from .models import IWAE
 
-__all__ = ["log_likelihood", "active_units", "ActiveUnits", "LogMeanExpAccumulator"]
+__all__ = ["log_likelihood", "active_units", "ActiveUnits", "LogMeanExpAccumulator",
+           "paper_active_units", "ACTIVE_UNITS_N", "ACTIVE_UNITS_THRESHOLD"]
+
+#: the paper's active-unit protocol (the authors' code): the first 500 training examples,
+#: binarized once, a unit is active when its variance exceeds 0.01
+ACTIVE_UNITS_N = 500
+ACTIVE_UNITS_THRESHOLD = 0.01
 
 
 class LogMeanExpAccumulator:
@@ -146,3 +152,20 @@ def active_units(
     variances = [torch.cat(m).var(dim=0, unbiased=True) for m in means]
     counts = [int((v > threshold).sum()) for v in variances]
     return ActiveUnits(counts, variances)
+
+
+def paper_active_units(model: IWAE, x_train: Tensor, binarize: bool, seed: int = 0) -> tuple[
+        ActiveUnits, int]:
+    """Active units counted the paper's way: on the first :data:`ACTIVE_UNITS_N` training
+    examples, binarized once (when the data set is binarized during training) with a generator
+    seeded ``seed + 1`` on the model's device, which then draws the layer samples; threshold
+    :data:`ACTIVE_UNITS_THRESHOLD`.
+
+    x_train: [n, x_dim] -> (ActiveUnits, number of examples used)
+    """
+    device = model.device
+    g = torch.Generator(device=device).manual_seed(seed + 1)
+    x = x_train[:ACTIVE_UNITS_N].to(device)
+    if binarize:
+        x = torch.bernoulli(x, generator=g)
+    return active_units(model, x, ACTIVE_UNITS_THRESHOLD, generator=g), int(x.shape[0])

@@ -8,17 +8,20 @@ same way wherever it comes from.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from .checkpoints import CheckpointError, RunDirLock, write_json_atomic
 from .models import IWAE, bernoulli_output_bias
-from .train import CHECKPOINT_NAME, Stage, burda_schedule, fit, load_checkpoint, truncate_schedule
+from .schedule import Stage, burda_schedule, schedule_epochs, truncate_schedule
+from .train import CHECKPOINT_NAME, LOG_NAME, RESTART_FIX, check_state, fit, load_checkpoint
 
 __all__ = ["RunConfig", "Dataset", "load_dataset", "build_model", "train_run", "load_run",
-           "DATASETS", "ONE_LAYER", "TWO_LAYERS", "layers_from_string", "eval_images"]
+           "DATASETS", "ONE_LAYER", "TWO_LAYERS", "layers_from_string", "eval_images",
+           "read_config"]
 
 #: The paper's architectures.
 ONE_LAYER: list[tuple[int, ...]] = [(200, 200, 50)]
@@ -130,8 +133,10 @@ def train_run(
     device: torch.device | str | None = None,
     ds: Dataset | None = None,
     progress: bool = True,
+    restart: bool = False,
 ) -> tuple[IWAE, list[dict]]:
-    """Train ``cfg`` (resuming from ``run_dir`` if it holds a checkpoint of it).
+    """Train ``cfg`` (resuming from ``run_dir`` if it holds a checkpoint of it; ``restart``
+    deletes that run first).
 
     ``run_dir`` also receives ``config.json``. Returns (model in eval mode, per-epoch log).
     """
@@ -141,38 +146,88 @@ def train_run(
     ds = ds if ds is not None else load_dataset(cfg.dataset, seed=cfg.seed)
     model = build_model(cfg, ds, device)
     x_train = ds.x_train if cfg.n_train is None else ds.x_train[: cfg.n_train]
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg_path = run_dir / "config.json"
-        if cfg_path.exists() and (run_dir / CHECKPOINT_NAME).exists():
-            old = json.loads(cfg_path.read_text())
-            changed = sorted(key for key, value in asdict(cfg).items()
-                             if key != "epochs" and old.get(key) != value)
-            if changed:  # only the number of epochs may change when a run is continued
-                new = asdict(cfg)
-                diff = ", ".join(f"{c} {old.get(c)!r} there, {new[c]!r} now" for c in changed)
-                raise ValueError(f"{run_dir} holds a run of another configuration ({diff}); "
-                                 "use another run directory")
-        cfg_path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    history = fit(model, x_train, objective=cfg.objective, k=cfg.k, schedule=cfg.schedule(),
-                  batch_size=cfg.batch_size, seed=cfg.seed, binarize=ds.binarize,
-                  run_dir=run_dir, progress=progress)
+    if run_dir is None:
+        history = fit(model, x_train, objective=cfg.objective, k=cfg.k,
+                      schedule=cfg.schedule(), batch_size=cfg.batch_size, seed=cfg.seed,
+                      binarize=ds.binarize, progress=progress)
+        return model, history
+    run_dir = Path(run_dir)
+    with RunDirLock(run_dir, "--out"):  # held through fit (which takes it again)
+        if restart:
+            for name in (CHECKPOINT_NAME, LOG_NAME, "config.json", "result.json", "eval.json"):
+                (run_dir / name).unlink(missing_ok=True)
+        _check_run_dir(run_dir, cfg)
+        write_json_atomic(run_dir / "config.json", asdict(cfg))
+        history = fit(model, x_train, objective=cfg.objective, k=cfg.k,
+                      schedule=cfg.schedule(), batch_size=cfg.batch_size, seed=cfg.seed,
+                      binarize=ds.binarize, run_dir=run_dir, progress=progress)
     return model, history
+
+
+def _check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
+    """Before anything is written: a run directory holding a run of another configuration, or
+    one already past ``cfg.epochs``, is refused (one line naming what differs)."""
+    cfg_path, ckpt_path = run_dir / "config.json", run_dir / CHECKPOINT_NAME
+    if not ckpt_path.exists():
+        return
+    if cfg_path.exists():
+        old = read_config(cfg_path)
+        changed = sorted(key for key, value in asdict(cfg).items()
+                         if key != "epochs" and getattr(old, key) != value)
+        if changed:  # only the number of epochs may change when a run is continued
+            new = asdict(cfg)
+            diff = ", ".join(f"{c} {getattr(old, c)!r} there, {new[c]!r} now" for c in changed)
+            raise ValueError(f"{run_dir} holds a run of another configuration ({diff}); "
+                             f"use another run directory (--out), or {RESTART_FIX}")
+    done = len(load_checkpoint(ckpt_path).get("history", []))
+    planned = schedule_epochs(cfg.schedule())
+    if done > planned:
+        raise ValueError(f"{run_dir} holds a run of {done} epochs, more than the {planned} "
+                         f"asked for; ask for at least {done} (--epochs {done}), use another "
+                         f"run directory (--out), or {RESTART_FIX}")
+
+
+def read_config(path: str | Path) -> RunConfig:
+    """The :class:`RunConfig` in a run directory's ``config.json``, with one clear error when
+    the file is unreadable, not JSON, or has unknown or malformed keys."""
+    path = Path(path)
+    fix = "restore it from the run that wrote it, or delete the run directory"
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path.parent} holds no config.json: is it a run "
+                                "directory written by train?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path} ({type(e).__name__}: {e}); {fix}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} holds no JSON object; {fix}")
+    known = {f.name for f in fields(RunConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise CheckpointError(f"{path} has unknown key(s) {', '.join(unknown)} (known: "
+                              f"{', '.join(sorted(known))}); {fix}")
+    try:
+        return RunConfig(**raw)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} is malformed ({e}); {fix}") from None
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[IWAE, RunConfig,
                                                                                 list[dict]]:
     """The trained model, its config and its log from a run directory written by train_run."""
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{run_dir} holds no config.json: is it a run directory?")
-    cfg = RunConfig(**json.loads(cfg_path.read_text()))
-    state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location=device)
+    cfg = read_config(run_dir / "config.json")
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    state = load_checkpoint(ckpt_path, map_location=device)
+    check_state(state, ("model", "model_config", "history"), ckpt_path)
     mc = state["model_config"]
-    model = IWAE(mc["x_dim"], mc["layers"], likelihood=mc["likelihood"]).to(device)
-    model.load_state_dict(state["model"])
+    try:
+        model = IWAE(mc["x_dim"], mc["layers"], likelihood=mc["likelihood"]).to(device)
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"the checkpoint {ckpt_path} does not hold a model this package "
+                              f"can build ({type(e).__name__}: {e}); delete the run "
+                              "directory or train it again") from None
     model.eval()
     return model, cfg, list(state["history"])
 
@@ -185,9 +240,10 @@ def layers_from_string(text: str) -> list[list[int]]:
     if text in ("2", "2L"):
         return [list(s) for s in TWO_LAYERS]
     try:
-        return [[int(v) for v in part.split(",") if v.strip()] for part in text.split(";")]
+        layers = [[int(v) for v in part.split(",")] for part in text.split(";")]
     except ValueError:
         raise ValueError(
             f"cannot read layers {text!r}: write each stochastic layer as hidden sizes then the "
             "latent size, layers separated by ';', e.g. '200,200,100;100,100,50' (or 1 / 2)"
         ) from None
+    return layers

@@ -57,6 +57,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -69,25 +70,26 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .checkpoints import RunDirLock, save_tensors, sync_log, write_json_atomic
 from .models import IWAE
 from .objectives import LOG_W_OBJECTIVES
+from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
 from .train import (
     CHECKPOINT_NAME,
-    Stage,
+    LOG_NAME,
     TrainingDivergedError,
-    _fingerprint,
-    _lr_at,
+    check_resumable,
+    check_state,
+    data_digest,
+    fingerprint,
     load_checkpoint,
     make_generators,
-    resolve_schedule,
-    save_checkpoint,
-    schedule_epochs,
 )
 
 __all__ = [
     "FleetMember", "Fleet", "FitResult", "fleet_log_weights", "log_likelihood_many",
     "table1_configs", "stack_state_dicts", "unstack_state_dict", "FLEET_CHECKPOINT",
-    "onednn_available", "tune_malloc",
+    "onednn_available", "tune_malloc", "StopFlag",
 ]
 
 FLEET_CHECKPOINT = "fleet.pt"
@@ -586,6 +588,36 @@ def _group_loss(groups: Sequence[_Group], xs: Sequence[Tensor],
 
 # ------------------------------------------------------------------------------- the fleet
 @dataclass
+class _Position:
+    """Where :meth:`Fleet.fit` is: epochs done, step within the current epoch, and that
+    epoch's data orders and running sums (in the fleet's internal member order)."""
+
+    history: list[list[dict]]  # per member (member order), per epoch
+    epoch: int = 0
+    step: int = 0
+    orders: Tensor | None = None  # [M, n]
+    bound_sum: Tensor | None = None  # [M] float64
+    first_bad: Tensor | None = None  # [M]: first step with a non-finite bound, or -1
+    epoch_seconds: float = 0.0
+
+    def new_epoch(self, epoch: int, orders: list[Tensor], device: torch.device) -> None:
+        M = len(orders)
+        self.epoch, self.step, self.epoch_seconds = epoch, 0, 0.0
+        self.orders = torch.stack(orders).to(device)
+        self.bound_sum = torch.zeros(M, dtype=torch.float64, device=device)
+        self.first_bad = torch.full((M,), -1, dtype=torch.long, device=device)
+
+    def add(self, step: int, bounds: Tensor) -> None:
+        self.bound_sum += bounds.double()
+        bad = ~torch.isfinite(bounds) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step),
+                                     self.first_bad)
+
+    def end_epoch(self, epochs_done: int) -> None:
+        self.epoch, self.step, self.epoch_seconds = epochs_done, 0, 0.0
+
+
+@dataclass
 class FitResult:
     """What :meth:`Fleet.fit` did: per-member histories, and whether the schedule is done."""
 
@@ -677,13 +709,28 @@ class Fleet:
     def models(self, device: torch.device | str | None = None) -> list[IWAE]:
         return [self.model(i, device) for i in range(len(self))]
 
-    def fingerprint(self, n: int, batch_size: int, binarize: bool) -> dict:
-        return {"members": [
-            {"name": nm, **_fingerprint(m.objective, m.k, batch_size, m.seed, n),
-             "layers": [list(s) for s in sp.layers], "x_dim": sp.x_dim,
-             "likelihood": sp.likelihood}
-            for nm, m, sp in zip(self.names, self.members, self.specs)],
-            "binarize": bool(binarize)}
+    def fingerprint(self, n: int, batch_size: int, binarize: bool, data: str) -> dict:
+        """What must not change between a fleet checkpoint and its resumption, as a flat
+        dict (``members``, ``binarize``, ``data``, then ``<member>.<key>``)."""
+        out: dict = {"members": list(self.names), "binarize": bool(binarize), "data": data}
+        for nm, m, sp in zip(self.names, self.members, self.specs):
+            member = {**fingerprint(m.objective, m.k, batch_size, m.seed, n),
+                      "layers": [list(s) for s in sp.layers], "x_dim": sp.x_dim,
+                      "likelihood": sp.likelihood}
+            out.update({f"{nm}.{key}": v for key, v in member.items()})
+        return out
+
+    def _nonfinite_members(self) -> list[str]:
+        """Names of the members with a NaN or inf parameter (one host sync)."""
+        flags = torch.ones(len(self), dtype=torch.bool, device=self.device)  # internal order
+        start = 0
+        for g in self.groups:
+            ok = torch.stack([torch.isfinite(t.detach().flatten(1).sum(1))
+                              for t in g.params.values()]).all(0)
+            flags[start:start + g.size] &= ok
+            start += g.size
+        return [self.names[self.order[pos]] for pos in
+                (~flags).nonzero().flatten().tolist()]
 
     # ----------------------------------------------------------------------- training
     def fit(
@@ -745,145 +792,149 @@ class Fleet:
         if use_graph and not on_cuda:
             raise ValueError("cuda_graph=True needs the fleet on a CUDA device")
 
-        M = len(self)
         gens = [make_generators(m.seed, device) for m in self.members]
         opt = self._make_optimizer(schedule[0].lr, graph=use_graph)
-        history: list[list[dict]] = [[] for _ in range(M)]
-        start_epoch, start_step = 0, 0
-        orders = None
-        bound_sum = torch.zeros(M, dtype=torch.float64, device=device)  # internal order
-        first_bad = torch.full((M,), -1, dtype=torch.long, device=device)
-        epoch_seconds_before = 0.0
         ckpt_path = Path(run_dir) / FLEET_CHECKPOINT if run_dir is not None else None
-        fingerprint = self.fingerprint(n, batch_size, binarize)
-        if ckpt_path is not None and resume and ckpt_path.exists():
-            state = load_checkpoint(ckpt_path, map_location=device)
-            if state.get("fingerprint") != fingerprint:
-                raise ValueError(
-                    f"the fleet checkpoint in {run_dir} belongs to another fleet or data set; "
-                    "use another run_dir or resume=False")
-            self._load_params(state["params"])
-            lrs = [group["lr"] for group in opt.param_groups]
-            opt.load_state_dict(state["optimizer"])
-            for group, lr0 in zip(opt.param_groups, lrs):  # keep this optimizer's lr type
-                group["lr"] = lr0  # (a float, or a device tensor for CUDA graphs); set below
-            for g, s in zip(gens, state["rng"]):
-                for name in g:
-                    g[name].set_state(s[name].cpu())  # CPU ByteTensors, even for CUDA
-            start_epoch, start_step = int(state["epoch"]), int(state["step"])
-            history = [list(h) for h in state["history"]]
-            if start_step > 0:
-                orders = state["orders"].to(device)
-                bound_sum = state["bound_sum"].to(device)
-                first_bad = state["first_bad"].to(device)
-                epoch_seconds_before = float(state["epoch_seconds"])
-
-        # Members' noise shapes, in the internal order, per group per layer.
-        stepper = _Stepper(self, opt, batch_size, x_dim, use_graph=use_graph)
+        fprint = self.fingerprint(n, batch_size, binarize, data_digest(x_train))
+        pos = _Position([[] for _ in range(len(self))])
         t_start = time.perf_counter()
         deadline = None if max_seconds is None else t_start + float(max_seconds)
-        stop = _StopFlag(handle_signals)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total_epochs, initial=start_epoch, unit="epoch",
-                       desc=f"fleet of {M}", leave=False)
         steps_run = 0
-        finished = True
 
-        def checkpoint(epoch: int, step: int, epoch_seconds: float) -> None:
-            if ckpt_path is None:
-                return
-            state = {
-                "params": {self._group_name(g): {n_: t.detach() for n_, t in g.params.items()}
-                           for g in self.groups},
-                "optimizer": opt.state_dict(),
-                "rng": [{name: gg.get_state() for name, gg in g.items()} for g in gens],
-                "epoch": epoch, "step": step, "history": history,
-                "fingerprint": fingerprint, "members": [asdict(m) for m in self.members],
-                "names": self.names,
-            }
-            if step > 0:
-                state.update(orders=orders.cpu(), bound_sum=bound_sum.cpu(),
-                             first_bad=first_bad.cpu(), epoch_seconds=epoch_seconds)
-            save_checkpoint(ckpt_path, state)
+        def stopping() -> bool:
+            timed_out = deadline is not None and time.perf_counter() > deadline
+            halt = _stop_after_steps is not None and steps_run >= _stop_after_steps
+            return stop.requested or timed_out or halt
 
-        try:
-            with stop:
-                for epoch in range(start_epoch, total_epochs):
-                    lr = _lr_at(schedule, epoch)
-                    _set_lr(opt, lr)
-                    t0 = time.perf_counter()
-                    if start_step == 0 or epoch != start_epoch:
-                        orders = torch.stack(
-                            [torch.randperm(n, generator=gens[i]["order"]) for i in self.order]
-                        ).to(device)
-                        bound_sum = torch.zeros(M, dtype=torch.float64, device=device)
-                        first_bad = torch.full((M,), -1, dtype=torch.long, device=device)
-                        epoch_seconds_before = 0.0
-                        step0 = 0
-                    else:
-                        step0 = start_step
-                    for step in range(step0, steps_per_epoch):
-                        idx = orders[:, step * batch_size:(step + 1) * batch_size]
-                        bounds = stepper.step(x_train, idx, gens, binarize)
-                        bound_sum += bounds.double()
-                        bad = ~torch.isfinite(bounds) & (first_bad < 0)
-                        first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
-                        steps_run += 1
-                        last = step + 1 == steps_per_epoch and epoch + 1 == total_epochs
-                        timed_out = deadline is not None and time.perf_counter() > deadline
-                        halt = _stop_after_steps is not None and steps_run >= _stop_after_steps
-                        if (stop.requested or timed_out or halt) and not last:
-                            if step + 1 == steps_per_epoch:
-                                break  # finish the epoch normally, then stop below
-                            finished = False
-                            self._check_finite(first_bad, epoch, steps_per_epoch, ckpt_path)
-                            checkpoint(epoch, step + 1,
-                                       epoch_seconds_before + time.perf_counter() - t0)
-                            return FitResult(self._history_out(history), False, epoch,
-                                             time.perf_counter() - t_start)
-                    self._check_finite(first_bad, epoch, steps_per_epoch, ckpt_path)
-                    means = (bound_sum / steps_per_epoch).cpu().tolist()  # one sync per epoch
-                    seconds = epoch_seconds_before + time.perf_counter() - t0
-                    for pos, i in enumerate(self.order):
-                        if not math.isfinite(means[pos]):
-                            _diverged(self.names[i], epoch, steps_per_epoch - 1,
-                                      steps_per_epoch, ckpt_path)
-                        history[i].append({"epoch": epoch + 1, "lr": lr,
-                                           "train_bound": means[pos], "seconds": seconds,
+        def result(finished: bool, epochs_done: int) -> FitResult:
+            return FitResult([list(h) for h in pos.history], finished, epochs_done,
+                             time.perf_counter() - t_start)
+
+        with contextlib.ExitStack() as stack:
+            if run_dir is not None:  # one process at a time in a run directory
+                stack.enter_context(RunDirLock(run_dir, "--run-root"))
+            if ckpt_path is not None and resume and ckpt_path.exists():
+                pos = self._resume(ckpt_path, opt, gens, fprint, schedule)
+            elif ckpt_path is not None and ckpt_path.with_name(LOG_NAME).exists():
+                ckpt_path.with_name(LOG_NAME).unlink()  # a fresh start: the old log goes
+            stepper = _Stepper(self, opt, batch_size, x_dim, use_graph=use_graph)
+            stop = stack.enter_context(StopFlag(handle_signals))
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = stack.enter_context(tqdm(total=total_epochs, initial=pos.epoch,
+                                               unit="epoch", desc=f"fleet of {len(self)}",
+                                               leave=False))
+            for epoch in range(pos.epoch, total_epochs):
+                lr = lr_at(schedule, epoch)
+                _set_lr(opt, lr)
+                t0 = time.perf_counter()
+                if pos.step == 0:
+                    pos.new_epoch(epoch, [torch.randperm(n, generator=gens[i]["order"])
+                                          for i in self.order], device)
+                for step in range(pos.step, steps_per_epoch):
+                    idx = pos.orders[:, step * batch_size:(step + 1) * batch_size]
+                    pos.add(step, stepper.step(x_train, idx, gens, binarize))
+                    steps_run += 1
+                    if stopping() and step + 1 < steps_per_epoch:  # stop mid-epoch, saved
+                        self._check_finite(pos, epoch, steps_per_epoch, ckpt_path)
+                        pos.step = step + 1
+                        pos.epoch_seconds += time.perf_counter() - t0
+                        self._save(ckpt_path, opt, gens, fprint, pos)
+                        return result(False, epoch)
+                self._check_finite(pos, epoch, steps_per_epoch, ckpt_path)
+                means = (pos.bound_sum / steps_per_epoch).cpu().tolist()  # one sync per epoch
+                seconds = pos.epoch_seconds + time.perf_counter() - t0
+                for p_, i in enumerate(self.order):
+                    pos.history[i].append({"epoch": epoch + 1, "lr": lr,
+                                           "train_bound": means[p_], "seconds": seconds,
                                            "steps": steps_per_epoch})
-                    checkpoint(epoch + 1, 0, 0.0)
-                    if ckpt_path is not None:
-                        with open(ckpt_path.with_name("log.jsonl"), "a") as f:
-                            f.write(json.dumps({"epoch": epoch + 1, "lr": lr,
-                                                "seconds": seconds, "train_bound": {
-                                                    self.names[i]: means[self.position[i]]
-                                                    for i in range(M)}}) + "\n")
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(sec=f"{seconds:.1f}")
-                    if callback is not None:
-                        callback(epoch + 1, [h[-1] for h in history])
-                    timed_out = deadline is not None and time.perf_counter() > deadline
-                    halt = _stop_after_steps is not None and steps_run >= _stop_after_steps
-                    if (stop.requested or timed_out or halt) and epoch + 1 < total_epochs:
-                        finished = False
-                        return FitResult(self._history_out(history), False, epoch + 1,
-                                         time.perf_counter() - t_start)
-        finally:
-            if bar is not None:
-                bar.close()
-        return FitResult(self._history_out(history), finished, total_epochs,
-                         time.perf_counter() - t_start)
+                pos.end_epoch(epoch + 1)
+                self._save(ckpt_path, opt, gens, fprint, pos)
+                if ckpt_path is not None:  # after the checkpoint (see _resume)
+                    with open(ckpt_path.with_name(LOG_NAME), "a") as f:
+                        f.write(json.dumps(self._log_entries(pos.history)[-1]) + "\n")
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(sec=f"{seconds:.1f}")
+                if callback is not None:
+                    callback(epoch + 1, [h[-1] for h in pos.history])
+                if stopping() and epoch + 1 < total_epochs:
+                    return result(False, epoch + 1)
+        return result(True, total_epochs)
 
-    def _history_out(self, history: list[list[dict]]) -> list[list[dict]]:
-        return [list(h) for h in history]
+    def _resume(self, ckpt_path: Path, opt: torch.optim.Optimizer, gens: list[dict],
+                fprint: dict, schedule: Sequence[Stage]) -> _Position:
+        """Load a fleet checkpoint into the fleet, ``opt`` and ``gens`` after checking that
+        it is this fleet's; repair ``log.jsonl`` from its history. -> where it stopped."""
+        state = load_checkpoint(ckpt_path, map_location=self.device)
+        check_state(state, ("params", "optimizer", "rng", "epoch", "step", "history"),
+                    ckpt_path)
+        saved = state.get("fingerprint")
+        if isinstance(saved, dict) and "members" in saved and isinstance(saved["members"],
+                                                                          list) \
+                and saved["members"] and isinstance(saved["members"][0], dict):
+            saved = {"members": [m.get("name") for m in saved["members"]],
+                     "binarize": saved.get("binarize")}  # the layout of older versions
+        check_resumable(saved, fprint, state["history"][0], schedule, str(ckpt_path.parent),
+                        place="another --run-root", other="another fleet or data set")
+        self._load_params(state["params"])
+        lrs = [group["lr"] for group in opt.param_groups]
+        opt.load_state_dict(state["optimizer"])
+        for group, lr0 in zip(opt.param_groups, lrs):  # keep this optimizer's lr type
+            group["lr"] = lr0  # (a float, or a device tensor for CUDA graphs); set later
+        for g, s in zip(gens, state["rng"]):
+            for name in g:
+                g[name].set_state(s[name].cpu())  # CPU ByteTensors, even for CUDA
+        pos = _Position([list(h) for h in state["history"]], int(state["epoch"]),
+                        int(state["step"]))
+        if pos.step > 0:
+            pos.orders = state["orders"].to(self.device)
+            pos.bound_sum = state["bound_sum"].to(self.device)
+            pos.first_bad = state["first_bad"].to(self.device)
+            pos.epoch_seconds = float(state["epoch_seconds"])
+        sync_log(ckpt_path.with_name(LOG_NAME), self._log_entries(pos.history))
+        return pos
 
-    def _check_finite(self, first_bad: Tensor, epoch: int, steps_per_epoch: int,
+    def _save(self, ckpt_path: Path | None, opt: torch.optim.Optimizer, gens: list[dict],
+              fprint: dict, pos: _Position) -> None:
+        """Write the fleet checkpoint (everything to resume at ``pos``), unless a member's
+        parameters are NaN or infinite (then the last good checkpoint stays)."""
+        bad = self._nonfinite_members()
+        if bad:
+            where = (f"the last good checkpoint is kept at {ckpt_path}" if ckpt_path is not
+                     None and ckpt_path.exists() else "no checkpoint was written")
+            raise TrainingDivergedError(
+                f"member(s) {', '.join(map(repr, bad))}: a parameter became NaN or infinite "
+                f"by epoch {pos.epoch + (1 if pos.step else 0)} (a non-finite gradient with "
+                f"a finite bound); {where}. Try a lower learning rate.")
+        if ckpt_path is None:
+            return
+        state = {
+            "params": {self._group_name(g): {n_: t.detach() for n_, t in g.params.items()}
+                       for g in self.groups},
+            "optimizer": opt.state_dict(),
+            "rng": [{name: gg.get_state() for name, gg in g.items()} for g in gens],
+            "epoch": pos.epoch, "step": pos.step, "history": pos.history,
+            "fingerprint": fprint, "members": [asdict(m) for m in self.members],
+            "names": self.names,
+        }
+        if pos.step > 0:
+            state.update(orders=pos.orders.cpu(), bound_sum=pos.bound_sum.cpu(),
+                         first_bad=pos.first_bad.cpu(), epoch_seconds=pos.epoch_seconds)
+        save_tensors(ckpt_path, state)
+
+    def _log_entries(self, history: Sequence[Sequence[dict]]) -> list[dict]:
+        """The lines of the fleet's ``log.jsonl``, one per epoch, from the members' histories."""
+        return [{"epoch": first["epoch"], "lr": first["lr"], "seconds": first["seconds"],
+                 "train_bound": {self.names[i]: history[i][e]["train_bound"]
+                                 for i in range(len(self))}}
+                for e, first in enumerate(history[0])]
+
+    def _check_finite(self, pos: _Position, epoch: int, steps_per_epoch: int,
                       ckpt_path: Path | None) -> None:
-        bad = first_bad.cpu().tolist()
+        bad = pos.first_bad.cpu().tolist()
         for pos, s in enumerate(bad):
             if s >= 0:
                 _diverged(self.names[self.order[pos]], epoch, s, steps_per_epoch, ckpt_path)
@@ -923,19 +974,19 @@ class Fleet:
             d = directory / name
             d.mkdir(parents=True, exist_ok=True)
             m = self.model(i, device="cpu")
-            save_checkpoint(d / CHECKPOINT_NAME, {
+            save_tensors(d / CHECKPOINT_NAME, {
                 "model": m.state_dict(), "model_config": m.config,
                 "history": list(histories[i]) if histories is not None else [],
                 "epoch": len(histories[i]) if histories is not None else None,
                 "trained_by": "iwae_tutorial.fleet",
             })
             if configs is not None:
-                (d / "config.json").write_text(json.dumps(asdict(configs[i]), indent=2) + "\n")
+                write_json_atomic(d / "config.json", asdict(configs[i]))
             out.append(d)
         meta = {"members": [{"name": nm, **asdict(m), "layers": [list(s) for s in sp.layers],
                              "dir": nm} for nm, m, sp in zip(self.names, self.members,
                                                                self.specs)]}
-        (directory / "fleet.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_json_atomic(directory / "fleet.json", meta)
         return out
 
 
@@ -956,10 +1007,10 @@ def _diverged(name: str, epoch: int, step: int, steps_per_epoch: int,
         f"{step + 1} of {steps_per_epoch}; {where}. Try a lower learning rate.")
 
 
-class _StopFlag:
+class StopFlag:
     """SIGTERM/SIGINT set a flag (checked at the end of each step) instead of killing."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool = True):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.requested = False
         self._old: dict = {}
@@ -969,7 +1020,7 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.requested = True
 
-    def __enter__(self) -> _StopFlag:
+    def __enter__(self) -> StopFlag:
         if self.enabled:
             for s in (signal.SIGTERM, signal.SIGINT):
                 self._old[s] = signal.signal(s, self._handler)

@@ -4,24 +4,22 @@ Every result file written by the CLI and the reproduction scripts carries the di
 :func:`provenance`, so a number in the book can be traced to the commit and the machine that
 produced it. The host name is deliberately left out.
 
-:func:`write_json_atomic` writes such files so that a reader never sees half a file.
+:func:`iwae_tutorial.checkpoints.write_json_atomic` writes such files so that a reader never
+sees half a file.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import math
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["provenance", "git_info", "device_name", "write_json_atomic"]
+__all__ = ["provenance", "git_info", "device_name"]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -119,49 +117,3 @@ def provenance(
         "command": [str(c) for c in (sys.argv if command is None else command)],
     }
     return info
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):  # torch tensors and numpy arrays/scalars
-        return obj.tolist()
-    if hasattr(obj, "_asdict"):
-        return obj._asdict()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
-def _finite_or_none(obj: Any) -> Any:
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically: a temporary file in the same
-    directory, flushed to disk, then :func:`os.replace`. Non-finite floats become ``null``;
-    tensors and arrays become lists. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_finite_or_none(json.loads(json.dumps(obj, default=_json_default))),
-                      indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; give the usual mode of a result file
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path

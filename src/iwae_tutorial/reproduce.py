@@ -40,28 +40,25 @@ training images binarized once, with the threshold 0.01.
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import shutil
-import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .schedule import PAPER_EPOCHS, schedule_epochs
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
-    "Budget", "BUDGETS", "resolve_budget", "paper_numbers", "configure_parser", "run", "main",
-    "reproduce", "EXIT_NOT_FINISHED",
+    "Budget", "BUDGETS", "resolve_budget", "paper_numbers", "reproduce", "EXIT_NOT_FINISHED",
 ]
 
 #: exit status when the run stopped early (time limit or signal) with its state saved
 EXIT_NOT_FINISHED = 75
-ACTIVE_UNITS_N = 500
-ACTIVE_UNITS_THRESHOLD = 0.01
-PAPER_EPOCHS = 3280
 
 
 # ------------------------------------------------------------------------------- budgets
@@ -153,142 +150,18 @@ def paper_numbers(dataset: str, objective: str, k: int, n_layers: int) -> dict[s
     return out
 
 
-# ------------------------------------------------------------------------------- CLI
-# cli imports this module lazily, so importing from it here makes no cycle
-from .cli import _add_data_args, _positive_float, _positive_int  # noqa: E402
-
-
-def _budget_arg(text: str) -> str:
-    try:
-        return resolve_budget(text).name
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def configure_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``reproduce`` options to ``p`` (the CLI's subparser, or a fresh parser)."""
-    p.description = (
-        "Train the 12 configurations of Table 1 (VAE/IWAE x k=1,5,50 x 1 or 2 stochastic "
-        "layers) together with the fleet trainer, evaluate them, and write "
-        "results/<dataset>-<budget>.json. Resumable: run the same command again to continue. "
-        f"Exit status {EXIT_NOT_FINISHED}: stopped early (time limit or signal), state saved.")
-    p.add_argument("--dataset", choices=("mnist", "omniglot"), default="mnist",
-                   help="mnist (dynamically binarized) or omniglot (default mnist)")
-    p.add_argument("--omniglot-variant", choices=("lake28", "burda"), default="lake28",
-                   help="Omniglot split: lake28 (default; not the paper's split) or burda "
-                        "(the paper's chardata.mat)")
-    p.add_argument("--budget", type=_budget_arg, default="book",
-                   help="smoke (seconds), book (default; ~20-35 min on 2 CPU cores for MNIST), "
-                        "full (the paper's 3,280 epochs) or a number of epochs of the paper's "
-                        "schedule on all training images")
-    p.add_argument("--max-minutes", type=_positive_float, default=None, metavar="M",
-                   help="stop cleanly (checkpointed) before M minutes of wall time; run the "
-                        "same command again to continue")
-    p.add_argument("--seed", type=int, default=0, help="seed of every configuration (default 0)")
-    p.add_argument("--eval-k", type=_positive_int, default=None, metavar="K",
-                   help="override the budget's number of samples of L_k")
-    p.add_argument("--eval-n", type=_positive_int, default=None, metavar="N",
-                   help="override the budget's number of test images (the first N)")
-    p.add_argument("--eval-seed", type=int, default=0,
-                   help="seed of the test binarization and of the L_k noise (default 0)")
-    p.add_argument("--eval-batch-size", type=_positive_int, default=100, metavar="B",
-                   help="test images per L_k batch (default 100)")
-    p.add_argument("--run-root", default="runs/reproduce", metavar="DIR",
-                   help="where the resumable state goes (default runs/reproduce)")
-    p.add_argument("--results-dir", default="results", metavar="DIR",
-                   help="where the result JSON goes (default results)")
-    p.add_argument("--restart", action="store_true",
-                   help="discard the saved state of this dataset and budget and start anew")
-    p.add_argument("--gemm", choices=("auto", "onednn", "bmm"), default="auto",
-                   help="matrix-product kernels of the fleet on the CPU (default auto)")
-    p.add_argument("--no-malloc-tuning", action="store_true",
-                   help="keep glibc's malloc defaults (see iwae_tutorial.fleet.tune_malloc)")
-    if not any(a.dest == "device" for a in p._actions):
-        _add_data_args(p)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``reproduce`` with parsed arguments; returns the exit status (0 done,
-    :data:`EXIT_NOT_FINISHED` stopped early with its state saved)."""
-    import torch
-
-    from .fleet import tune_malloc
-
-    if getattr(args, "threads", None):
-        torch.set_num_threads(int(args.threads))
-    if not args.no_malloc_tuning:
-        tune_malloc()
-    dataset = args.dataset if args.dataset == "mnist" else f"omniglot-{args.omniglot_variant}"
-    status, path = reproduce(
-        dataset, args.budget,
-        run_root=args.run_root, results_dir=args.results_dir,
-        device=getattr(args, "device", None), max_minutes=args.max_minutes, seed=args.seed,
-        eval_k=args.eval_k, eval_n=args.eval_n, eval_seed=args.eval_seed,
-        eval_batch_size=args.eval_batch_size, restart=args.restart, gemm=args.gemm,
-        data_dir=getattr(args, "data_dir", None),
-        download=not getattr(args, "no_download", False),
-        progress=not getattr(args, "no_progress", False),
-        command=_command_line(),
-    )
-    if status == "done":
-        print(f"wrote {path}")
-        return 0
-    print(f"stopped before the end ({status}); the state is saved. Run the same command again "
-          "to continue.", file=sys.stderr)
-    return EXIT_NOT_FINISHED
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m iwae_tutorial.reproduce ...`` (the same options as the CLI subcommand)."""
-    p = configure_parser(argparse.ArgumentParser(prog="python -m iwae_tutorial.reproduce"))
-    return run(p.parse_args(argv))
-
-
-def _command_line() -> list[str]:
-    argv = list(sys.argv)
-    if argv and argv[0].endswith(("__main__.py", "iwae-tutorial")):
-        return ["python", "-m", "iwae_tutorial", *argv[1:]]
-    if argv and argv[0].endswith("reproduce.py"):
-        return ["python", "-m", "iwae_tutorial.reproduce", *argv[1:]]
-    return argv
-
-
 def _log(msg: str) -> None:
     print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------- the work
-class _Stop:
-    """SIGTERM/SIGINT during evaluation: finish the current block, save, stop."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict = {}
-
-    def __enter__(self) -> _Stop:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGTERM, signal.SIGINT):
-                self._old[s] = signal.signal(s, self._handler)
-        return self
-
-    def _handler(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 def reproduce(
     dataset: str = "mnist",
     budget: str | Budget = "book",
     *,
     run_root: str | Path = "runs/reproduce",
     results_dir: str | Path = "results",
-    device: str | None = None,
+    device: str | torch.device | None = None,
     max_minutes: float | None = None,
     seed: int = 0,
     eval_k: int | None = None,
@@ -310,24 +183,39 @@ def reproduce(
     "signal") with its state saved under ``run_root/<dataset>-<budget>/``.
     ``ds`` (an :class:`~iwae_tutorial.experiments.Dataset`) skips loading the data (tests).
     """
-    import torch
-
-    from .evaluate import active_units
-    from .experiments import eval_images, load_dataset
-    from .fleet import FLEET_CHECKPOINT, Fleet, log_likelihood_many, table1_configs
-    from .profiles import default_device
-    from .provenance import provenance, write_json_atomic
-    from .train import load_checkpoint, save_checkpoint, schedule_epochs
+    from .checkpoints import RunDirLock
 
     t_start = time.perf_counter()
-    deadline = None if max_minutes is None else t_start + 60.0 * float(max_minutes)
     b = budget if isinstance(budget, Budget) else resolve_budget(budget)
+    run_dir = Path(run_root) / f"{dataset}-{b.name}"
+    with RunDirLock(run_dir, "--run-root"):  # one process at a time
+        if restart:  # everything but the lock we hold
+            for p in run_dir.iterdir():
+                if p.name != RunDirLock.NAME:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        return _reproduce(dataset, b, run_dir, t_start, results_dir=results_dir,
+                          device=device, max_minutes=max_minutes, seed=seed, eval_k=eval_k,
+                          eval_n=eval_n, eval_seed=eval_seed, eval_batch_size=eval_batch_size,
+                          eval_block=eval_block, gemm=gemm, data_dir=data_dir,
+                          download=download, progress=progress, command=command, ds=ds)
+
+
+def _reproduce(dataset: str, b: Budget, run_dir: Path, t_start: float, *, results_dir,
+               device, max_minutes, seed, eval_k, eval_n, eval_seed, eval_batch_size,
+               eval_block, gemm, data_dir, download, progress, command,
+               ds) -> tuple[str, Path | None]:
+    import torch
+
+    from .checkpoints import load_tensors, save_tensors, write_json_atomic
+    from .evaluate import ACTIVE_UNITS_THRESHOLD, paper_active_units
+    from .experiments import eval_images, load_dataset
+    from .fleet import FLEET_CHECKPOINT, Fleet, StopFlag, log_likelihood_many, table1_configs
+    from .profiles import default_device
+    from .provenance import provenance
+
+    deadline = None if max_minutes is None else t_start + 60.0 * float(max_minutes)
     eval_k = int(eval_k or b.eval_k)
-    tag = f"{dataset}-{b.name}"
-    run_dir = Path(run_root) / tag
-    if restart and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    tag = run_dir.name
     dev = torch.device(device) if device else default_device()
 
     def left() -> float | None:
@@ -372,7 +260,8 @@ def reproduce(
                              "ll": torch.full((len(models), n_eval), float("nan"),
                                               dtype=torch.float64)}
     if eval_path.exists():
-        saved = load_checkpoint(eval_path)
+        saved = load_tensors(eval_path, what="saved evaluation",
+                             fix="delete it to redo the evaluation (the training is kept)")
         if saved.get("key") == key:
             state = saved
             for g, s in zip(gens, saved["rng"]):
@@ -384,7 +273,7 @@ def reproduce(
         _log(f"evaluating L_{eval_k} on test images {state['done']}..{n_eval} "
              f"({len(models)} models at once)")
     last_block_s = 0.0
-    with _Stop() as stop:
+    with StopFlag() as stop:
         while state["done"] < n_eval:
             rem = left()
             if stop.requested or (rem is not None and rem < 1.25 * last_block_s + 5):
@@ -398,7 +287,7 @@ def reproduce(
             last_block_s = time.perf_counter() - t0
             state.update(done=b1, seconds=state["seconds"] + last_block_s,
                          rng=[g.get_state() for g in gens])
-            save_checkpoint(eval_path, state)
+            save_tensors(eval_path, state)
             if progress:
                 _log(f"  L_{eval_k}: {b1}/{n_eval} test images ({last_block_s:.1f} s for this "
                      "block)")
@@ -406,13 +295,9 @@ def reproduce(
     # ---- active units: first 500 training images, binarized once (the authors' code)
     t0 = time.perf_counter()
     au = []
-    n_au = min(ACTIVE_UNITS_N, n_total)
     for m in models:
-        g = torch.Generator(device=dev).manual_seed(eval_seed + 1)
-        x_au = ds.x_train[:n_au].to(dev)
-        if ds.binarize:
-            x_au = torch.bernoulli(x_au, generator=g)
-        au.append(active_units(m, x_au, ACTIVE_UNITS_THRESHOLD, generator=g).counts)
+        counted, n_au = paper_active_units(m, ds.x_train, ds.binarize, eval_seed)
+        au.append(counted.counts)
     t_au = time.perf_counter() - t0
 
     # ---- the result file
@@ -506,6 +391,3 @@ def _print_table(result: dict) -> None:
               f"{c['train_bound']:12.2f} {c['active_units']}")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    raise SystemExit(main())

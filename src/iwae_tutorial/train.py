@@ -8,9 +8,10 @@ exactly where it stopped, bit for bit on the CPU.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -19,71 +20,19 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .checkpoints import CheckpointError, RunDirLock, load_tensors, save_tensors, sync_log
 from .models import IWAE
 from .objectives import get_objective
+from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
 
 __all__ = [
-    "Stage", "burda_schedule", "truncate_schedule", "resolve_schedule", "constant_schedule",
-    "schedule_epochs",
     "make_generators", "make_optimizer", "fit", "TrainingDivergedError", "save_checkpoint",
-    "load_checkpoint", "CHECKPOINT_NAME",
+    "load_checkpoint", "CHECKPOINT_NAME", "LOG_NAME", "check_resumable", "data_digest",
+    "nonfinite_parameters", "RESTART_FIX", "check_state", "fingerprint",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """``epochs`` passes over the data at learning rate ``lr``."""
-
-    epochs: int
-    lr: float
-
-
-def burda_schedule(stages: int = 8, base_lr: float = 1e-3) -> list[Stage]:
-    """The paper's schedule: for i = 0..7, 3^i epochs at lr = 1e-3 * 10^(-i/7); 3,280 epochs."""
-    return [Stage(3**i, base_lr * 10 ** (-i / 7)) for i in range(stages)]
-
-
-def truncate_schedule(schedule: Sequence[Stage], epochs: int) -> list[Stage]:
-    """The first ``epochs`` epochs of ``schedule`` (same learning rates), for short runs."""
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
-    out, left = [], epochs
-    for st in schedule:
-        if left <= 0:
-            break
-        out.append(Stage(min(st.epochs, left), st.lr))
-        left -= st.epochs
-    if left > 0:  # longer than the schedule: continue at its last learning rate
-        out.append(Stage(left, schedule[-1].lr))
-    return out
-
-
-def constant_schedule(epochs: int, lr: float = 1e-3) -> list[Stage]:
-    """``epochs`` epochs at one learning rate."""
-    return [Stage(int(epochs), float(lr))]
-
-
-def resolve_schedule(schedule: Sequence[Stage] | None = None,
-                     epochs: int | None = None) -> list[Stage]:
-    """``schedule`` (default: the paper's), cut to its first ``epochs`` epochs when given."""
-    schedule = burda_schedule() if schedule is None else schedule
-    return list(schedule if epochs is None else truncate_schedule(schedule, epochs))
-
-
-def schedule_epochs(schedule: Sequence[Stage]) -> int:
-    """Total number of epochs in a schedule."""
-    return sum(st.epochs for st in schedule)
-
-
-def _lr_at(schedule: Sequence[Stage], epoch: int) -> float:
-    """Learning rate of (0-based) ``epoch``."""
-    for st in schedule:
-        if epoch < st.epochs:
-            return st.lr
-        epoch -= st.epochs
-    raise IndexError("epoch beyond the schedule")
+LOG_NAME = "log.jsonl"
 
 
 def make_generators(seed: int, device: torch.device | str) -> dict[str, torch.Generator]:
@@ -106,30 +55,64 @@ class TrainingDivergedError(RuntimeError):
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write ``state`` with torch.save to a temporary file, then atomically rename it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write ``state`` atomically (see :func:`iwae_tutorial.checkpoints.save_tensors`)."""
+    save_tensors(path, state)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint`, with a clear error if unreadable."""
-    path = Path(path)
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {path}") from None
-    except Exception as e:  # truncated or foreign file
-        raise RuntimeError(
-            f"cannot read the checkpoint {path} ({type(e).__name__}: {e}); delete it to start "
-            "the run from scratch"
-        ) from e
+    """Read a checkpoint safely (``weights_only=True``, see
+    :func:`iwae_tutorial.checkpoints.load_tensors`); a clear error if it is unreadable."""
+    return load_tensors(path, map_location=map_location,
+                        fix="delete it (or the run directory) to start the run from scratch, "
+                            "or rerun with --restart")
+
+
+def data_digest(x: Tensor) -> str:
+    """A short fingerprint of a data tensor (its shape and every 97th row), so a checkpoint
+    is not resumed on other data."""
+    rows = x[::97].detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(repr(tuple(x.shape)).encode())
+    h.update(rows.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def nonfinite_parameters(params: Sequence[Tensor]) -> bool:
+    """Whether any parameter holds NaN or inf (one reduction per tensor, one host sync)."""
+    flags = [torch.isfinite(p.detach().sum()) for p in params]
+    return not bool(torch.stack(flags).all()) if flags else False
+
+
+RESTART_FIX = "start it afresh (--restart; resume=False in Python)"
+
+
+def check_resumable(saved: dict | None, fingerprint: dict, history: Sequence[dict],
+                    schedule: Sequence[Stage], where: str,
+                    place: str = "another run directory",
+                    other: str = "another configuration") -> None:
+    """Refuse to resume a checkpoint of another configuration (``saved`` vs ``fingerprint``,
+    flat dicts), of other learning rates (``history`` vs ``schedule``), or one already past
+    the end of ``schedule``: a ValueError, one line naming what differs and the fix.
+
+    Fingerprint keys the checkpoint does not have (older versions) are not compared."""
+    theirs = saved if isinstance(saved, dict) else {}
+    diff = [f"{key} {theirs[key]!r} there, {fingerprint[key]!r} now" for key in fingerprint
+            if key in theirs and theirs[key] != fingerprint[key]]
+    fix = f"use {place}, or {RESTART_FIX}"
+    if diff:
+        raise ValueError(f"the checkpoint in {where} belongs to {other} "
+                         f"({'; '.join(diff)}); {fix}")
+    done = len(history)
+    total = schedule_epochs(schedule)
+    if done > total:
+        raise ValueError(f"the checkpoint in {where} has done {done} epochs, more than the "
+                         f"{total} asked for; ask for at least {done} epochs (--epochs "
+                         f"{done}), or {RESTART_FIX}")
+    for entry in history:
+        lr = lr_at(schedule, int(entry["epoch"]) - 1)
+        if not math.isclose(float(entry["lr"]), lr, rel_tol=1e-9):
+            raise ValueError(f"the checkpoint in {where} trained epoch {entry['epoch']} at "
+                             f"learning rate {entry['lr']:.3g}, the schedule now asks for "
+                             f"{lr:.3g}; {fix}")
 
 
 @dataclass
@@ -190,45 +173,30 @@ def fit(
         raise ValueError(f"need at least batch_size={batch_size} examples, got {n}")
     steps_per_epoch = n // batch_size  # the remainder of each shuffled epoch is dropped
     objective_kwargs = dict(objective_kwargs or {})
-
     gens = make_generators(seed, device)
     opt = make_optimizer(model.parameters(), lr=schedule[0].lr)
-    history: list[dict] = []
-    start_epoch = 0
     ckpt_path = Path(run_dir) / CHECKPOINT_NAME if run_dir is not None else None
-    log_path = Path(run_dir) / "log.jsonl" if run_dir is not None else None
-    fingerprint = _fingerprint(objective, k, batch_size, seed, n)
-    if ckpt_path is not None and resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, map_location=device)
-        if state.get("fingerprint") != fingerprint:
-            raise ValueError(
-                f"the checkpoint in {run_dir} belongs to another configuration "
-                f"({state.get('fingerprint')}, not {fingerprint}); use another run_dir or "
-                "resume=False"
-            )
-        if "model_config" in state and state["model_config"] != model.config:
-            raise ValueError(
-                f"the checkpoint in {run_dir} holds another model ({state['model_config']}, "
-                f"not {model.config}); use another run_dir or resume=False"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        for name, g in gens.items():
-            g.set_state(state["rng"][name].cpu())  # states are CPU ByteTensors, even for CUDA
-        start_epoch = int(state["epoch"])
-        history = list(state["history"])
-
+    log_path = Path(run_dir) / LOG_NAME if run_dir is not None else None
+    fprint = fingerprint(objective, k, batch_size, seed, n, data_digest(x_train))
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    with contextlib.ExitStack() as stack:
+        if run_dir is not None:  # one process at a time in a run directory
+            stack.enter_context(RunDirLock(run_dir, "--out"))
+        start_epoch, history = 0, []
+        if ckpt_path is not None and resume and ckpt_path.exists():
+            start_epoch, history = _resume(ckpt_path, model, opt, gens, fprint, schedule)
+        elif log_path is not None and log_path.exists():
+            log_path.unlink()  # a fresh start: the old log goes with the old checkpoint
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=total_epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                   unit="step", desc=f"{objective} k={k}", leave=False, mininterval=0.5)
-    model.train()
-    on_cpu = device.type == "cpu"
-    try:
+            bar = stack.enter_context(tqdm(
+                total=total_epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                unit="step", desc=f"{objective} k={k}", leave=False, mininterval=0.5))
+        model.train()
+        on_cpu = device.type == "cpu"
         for epoch in range(start_epoch, total_epochs):
-            lr = _lr_at(schedule, epoch)
+            lr = lr_at(schedule, epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
@@ -259,6 +227,8 @@ def fit(
             train_bound = float(bound_sum) / steps_per_epoch
             if not math.isfinite(train_bound):
                 _diverged(epoch, steps_per_epoch - 1, steps_per_epoch, train_bound, ckpt_path)
+            if nonfinite_parameters(list(model.parameters())):  # a NaN gradient, finite loss
+                _diverged(epoch, None, steps_per_epoch, float("nan"), ckpt_path)
             entry = EpochLog(epoch + 1, lr, train_bound, time.perf_counter() - t0,
                              steps_per_epoch)
             history.append(asdict(entry))
@@ -270,9 +240,9 @@ def fit(
                     "rng": {name: g.get_state() for name, g in gens.items()},
                     "epoch": epoch + 1,
                     "history": history,
-                    "fingerprint": fingerprint,
+                    "fingerprint": fprint,
                 })
-                with open(log_path, "a") as f:
+                with open(log_path, "a") as f:  # after the checkpoint (see _resume)
                     f.write(json.dumps(asdict(entry)) + "\n")
             if bar is not None:
                 bar.update(steps_per_epoch % 50)
@@ -280,25 +250,60 @@ def fit(
                                 sec=f"{entry.seconds:.1f}")
             if callback is not None:
                 callback(entry)
-    finally:
-        if bar is not None:
-            bar.close()
     model.eval()
     return history
 
 
-def _fingerprint(objective: str, k: int, batch_size: int, seed: int, n: int) -> dict:
-    """What must not change between a checkpoint and its resumption (the schedule may grow)."""
-    return {"objective": str(objective), "k": int(k), "batch_size": int(batch_size),
-            "seed": int(seed), "n": int(n)}
+def _resume(ckpt_path: Path, model: IWAE, opt: torch.optim.Optimizer,
+            gens: dict[str, torch.Generator], fingerprint: dict,
+            schedule: Sequence[Stage]) -> tuple[int, list[dict]]:
+    """Load a checkpoint of :func:`fit` into ``model``, ``opt`` and ``gens`` after checking
+    it belongs to this run; repair ``log.jsonl`` from its history. -> (epochs done, history)"""
+    run_dir = ckpt_path.parent
+    state = load_checkpoint(ckpt_path, map_location=model.device)
+    check_state(state, ("model", "optimizer", "rng", "epoch", "history"), ckpt_path)
+    check_resumable(state.get("fingerprint"), fingerprint, state["history"], schedule,
+                    str(run_dir))
+    if "model_config" in state and state["model_config"] != model.config:
+        raise ValueError(f"the checkpoint in {run_dir} holds another model "
+                         f"({state['model_config']}, not {model.config}); use another run "
+                         f"directory, or {RESTART_FIX}")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    for name, g in gens.items():
+        g.set_state(state["rng"][name].cpu())  # CPU ByteTensors, even for CUDA
+    history = list(state["history"])
+    sync_log(run_dir / LOG_NAME, history)  # a kill after the checkpoint may have lost a line
+    return int(state["epoch"]), history
 
 
-def _diverged(epoch: int, step: int, steps_per_epoch: int, value: float,
+def fingerprint(objective: str, k: int, batch_size: int, seed: int, n: int,
+                 data: str | None = None) -> dict:
+    """What must not change between a checkpoint and its resumption (the schedule may grow;
+    the learning rates of the epochs done are checked against the history)."""
+    out = {"objective": str(objective), "k": int(k), "batch_size": int(batch_size),
+           "seed": int(seed), "n": int(n)}
+    if data is not None:
+        out["data"] = data
+    return out
+
+
+def check_state(state: dict, keys: Sequence[str], path: Path) -> None:
+    """A CheckpointError when ``state`` (read from ``path``) lacks one of ``keys``."""
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise CheckpointError(f"the checkpoint {path} lacks {', '.join(missing)}: it was not "
+                              f"written by this trainer; delete it, or {RESTART_FIX}")
+
+
+def _diverged(epoch: int, step: int | None, steps_per_epoch: int, value: float,
               ckpt_path: Path | None) -> None:
     where = (f"the last good checkpoint (after epoch {epoch}) is kept at {ckpt_path}"
              if ckpt_path is not None and epoch > 0 else "no checkpoint was written")
-    raise TrainingDivergedError(
-        f"the loss became {value} at epoch {epoch + 1}, step {step + 1} of {steps_per_epoch} "
-        f"(global step {epoch * steps_per_epoch + step + 1}); {where}. Try a lower learning "
-        "rate or check the data for NaNs."
-    )
+    what = (f"the loss became {value} at epoch {epoch + 1}, step {step + 1} of "
+            f"{steps_per_epoch} (global step {epoch * steps_per_epoch + step + 1})"
+            if step is not None else
+            f"a parameter became NaN or infinite during epoch {epoch + 1} (a non-finite "
+            "gradient with a finite loss); that epoch was not saved")
+    raise TrainingDivergedError(f"{what}; {where}. Try a lower learning rate or check the "
+                                "data for NaNs.")
