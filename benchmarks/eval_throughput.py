@@ -7,9 +7,9 @@ Three ways, in one run on one machine:
   then a log-mean-exp;
 - ``evaluate_one_model_at_a_time``: :func:`iwae_tutorial.evaluate.log_likelihood` with
   ``kernel="reference"`` (a loop over ``IWAE.log_weights``), batched over examples and
-  streamed over samples, model by model (its default kernel, "fused", is the fleet's code
-  with one model);
-- ``fleet``: :func:`iwae_tutorial.fleet.log_likelihood_many`, all 12 models at once (models
+  streamed over samples, model by model (its default kernel, "fused", is
+  ``log_likelihood_many`` with one model);
+- ``fleet``: :func:`iwae_tutorial.evaluate.log_likelihood_many`, all 12 models at once (models
   of the same architecture stacked, oneDNN matmuls on the CPU when available, q(h_1|x) computed
   once per batch, the Bernoulli log-likelihood fused).
 
@@ -44,8 +44,9 @@ from train_throughput import (  # noqa: E402
 )
 
 from iwae_tutorial.bounds import log_mean_exp  # noqa: E402
-from iwae_tutorial.evaluate import log_likelihood  # noqa: E402
-from iwae_tutorial.fleet import log_likelihood_many, table1_configs, tune_malloc  # noqa: E402
+from iwae_tutorial.evaluate import log_likelihood, log_likelihood_many  # noqa: E402
+from iwae_tutorial.fleet import table1_configs  # noqa: E402
+from iwae_tutorial.stacked import tune_malloc  # noqa: E402
 
 N_TEST = 10_000
 

@@ -31,8 +31,9 @@ import time
 import torch
 
 from iwae_tutorial.checkpoints import write_json_atomic
-from iwae_tutorial.fleet import Fleet, FleetMember, table1_configs, tune_malloc
+from iwae_tutorial.fleet import Fleet, FleetMember, table1_configs
 from iwae_tutorial.models import IWAE
+from iwae_tutorial.stacked import tune_malloc
 from iwae_tutorial.train import fit
 
 BATCH = 20
@@ -176,7 +177,7 @@ def main(argv=None) -> dict:
     p.add_argument("--no-bmm-variant", action="store_true",
                    help="skip the fleet restricted to torch.bmm (CPU)")
     p.add_argument("--no-malloc-tuning", action="store_true",
-                   help="keep glibc's malloc defaults (by default fleet.tune_malloc() is "
+                   help="keep glibc's malloc defaults (by default stacked.tune_malloc() is "
                         "applied to the whole process: plain loops and fleet alike)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="also write the JSON result to FILE")

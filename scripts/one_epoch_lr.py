@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from iwae_tutorial.checkpoints import write_json_atomic
-from iwae_tutorial.data import load_mnist
 from iwae_tutorial.evaluate import log_likelihood
-from iwae_tutorial.experiments import RunConfig, load_dataset, train_run
+from iwae_tutorial.experiments import RunConfig, load_dataset
 from iwae_tutorial.provenance import provenance
+from iwae_tutorial.runs import train_run
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     ds = load_dataset("mnist")
-    x_valid = torch.bernoulli(load_mnist().x_valid, generator=torch.Generator().manual_seed(0))
+    x_valid = torch.bernoulli(ds.x_valid, generator=torch.Generator().manual_seed(0))
     runs = []
     for lr in args.lrs:
         for seed in args.seeds:

@@ -1,7 +1,12 @@
 """Shared test settings."""
 
+from pathlib import Path
+
 import pytest
 import torch
+
+from iwae_tutorial import data
+from iwae_tutorial.data import files as data_files
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -12,3 +17,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No $IWAE_DATA_DIR, a private empty cache dir, and no network: returns the cache dir."""
+    cache = tmp_path / "user-cache"
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.setattr(data_files, "_cache_dir", lambda: cache)
+
+    def no_network(url: str, timeout: float):
+        raise AssertionError(f"unexpected network access to {url}")
+
+    monkeypatch.setattr(data_files, "_urlopen", no_network)
+    return cache

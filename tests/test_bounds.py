@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from helpers import X, exact_posterior_model, linear_gaussian, log_px
 
 from iwae_tutorial import bounds
 from iwae_tutorial.bounds import (
@@ -24,26 +25,6 @@ from iwae_tutorial.bounds import (
 )
 from iwae_tutorial.models import IWAE
 from iwae_tutorial.objectives import loss
-from iwae_tutorial.toy import LinearGaussian
-
-LG = LinearGaussian(a=1.5, b=0.3, s=0.7)
-
-
-def linear_gaussian(q_mean_w: float, q_mean_b: float, q_log_std: float) -> IWAE:
-    return LG.model(q_mean_w, q_mean_b, q_log_std)
-
-
-def exact_posterior_model() -> IWAE:
-    return LG.exact_model()
-
-
-def log_px(x: torch.Tensor) -> torch.Tensor:
-    # written out here, independently of the package: p(x) = N(b, a^2 + s^2)
-    var = LG.a**2 + LG.s**2
-    return (-0.5 * (x - LG.b) ** 2 / var - 0.5 * math.log(2 * math.pi * var)).squeeze(-1)
-
-
-X = torch.tensor([[-1.0], [0.2], [1.7]], dtype=torch.float64)
 
 
 def test_k1_iwae_equals_elbo_exactly():

@@ -16,16 +16,17 @@ from iwae_tutorial import cli
 from iwae_tutorial.checkpoints import write_json_atomic
 from iwae_tutorial.data import find_data_dir
 from iwae_tutorial.evaluate import log_likelihood
-from iwae_tutorial.experiments import load_dataset, load_run
+from iwae_tutorial.experiments import load_dataset
 from iwae_tutorial.provenance import provenance
+from iwae_tutorial.runs import load_run
 
 MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte"]
-RESULT_KEYS = {
-    "config", "run_name", "dataset", "n_train", "device", "epochs_done", "epochs_planned",
-    "final_train_bound", "train_bound_per_epoch", "test_nll", "test_nll_stderr", "eval_k",
+RESULT_KEYS = {  # the one result schema (results.model_record)
+    "schema", "config", "name", "dataset", "n_train", "device", "epochs", "epochs_planned",
+    "train_bound", "train_bound_per_epoch", "nll", "nll_stderr", "eval_k",
     "eval_n", "eval_n_total", "eval_subset", "eval_seed", "active_units", "active_units_total",
-    "active_units_variances", "active_units_n", "active_units_threshold", "wall_seconds",
+    "active_units_variances", "active_units_n", "active_units_threshold", "wall_time_s",
     "provenance",
 }
 PROVENANCE_KEYS = {"git_commit", "git_dirty", "torch_version", "python_version", "device",
@@ -188,16 +189,16 @@ def test_train_writes_checkpoint_and_result(trained_run):
     assert result["config"]["objective"] == "iwae" and result["config"]["k"] == 5
     assert result["eval_k"] == 50 and result["eval_n"] == 100
     assert result["eval_n_total"] == 10_000 and "first 100" in result["eval_subset"]
-    assert result["epochs_done"] == 1 and result["epochs_planned"] == 1
+    assert result["epochs"] == 1 and result["epochs_planned"] == 1
     assert result["schedule"] == {"kind": "paper", "stages": [{"epochs": 1, "lr": 1e-3}]}
     assert len(result["train_bound_per_epoch"]) == 1
-    assert result["final_train_bound"] == result["train_bound_per_epoch"][-1]
+    assert result["train_bound"] == result["train_bound_per_epoch"][-1]
     # after 20 steps the model is far from trained but far better than chance (543 nats)
-    assert 100 < result["test_nll"] < 450 and math.isfinite(result["test_nll_stderr"])
-    assert -result["final_train_bound"] > 100
+    assert 100 < result["nll"] < 450 and math.isfinite(result["nll_stderr"])
+    assert -result["train_bound"] > 100
     assert len(result["active_units"]) == 1 and 0 <= result["active_units"][0] <= 50
     assert len(result["active_units_variances"][0]) == 50 and result["active_units_n"] == 500
-    assert result["wall_seconds"]["train"] > 0 and result["wall_seconds"]["eval_nll"] > 0
+    assert result["wall_time_s"]["train"] > 0 and result["wall_time_s"]["eval_nll"] > 0
     prov = result["provenance"]
     assert PROVENANCE_KEYS <= prov.keys(), PROVENANCE_KEYS - prov.keys()
     assert prov["command"][:2] == ["iwae-tutorial", "train"] and "--eval-n" in prov["command"]
@@ -213,7 +214,7 @@ def test_evaluate_reproduces_the_train_evaluation(trained_run, capsys, tmp_path)
                      "--out", str(target)]) == 0
     ev = json.loads(target.read_text())
     assert ev["eval_k"] == 50 and ev["eval_n"] == 100 and ev["dataset"] == "mnist"
-    assert math.isclose(ev["test_nll"], result["test_nll"], rel_tol=0, abs_tol=1e-9)
+    assert math.isclose(ev["nll"], result["nll"], rel_tol=0, abs_tol=1e-9)
     # the same number computed directly: -mean L_50 over the first 100 binarized test images
     model, cfg, history = load_run(out)
     assert cfg.k == 5 and len(history) == 1
@@ -221,7 +222,7 @@ def test_evaluate_reproduces_the_train_evaluation(trained_run, capsys, tmp_path)
     x_test = torch.bernoulli(load_dataset("mnist").x_test[:100],
                              generator=torch.Generator().manual_seed(0))
     ll = log_likelihood(model, x_test, 50, generator=torch.Generator().manual_seed(0))
-    assert math.isclose(-float(ll.mean()), result["test_nll"], rel_tol=0, abs_tol=1e-6)
+    assert math.isclose(-float(ll.mean()), result["nll"], rel_tol=0, abs_tol=1e-6)
     assert ev["active_units"] == result["active_units"]
     assert cli.main(["evaluate", "--run", str(out), "--k", "10", "--n", "20",
                      "--no-progress"]) == 0
@@ -240,7 +241,7 @@ def test_rerun_resumes_and_other_config_is_refused(trained_run, capsys):
     assert (out / "checkpoint.pt").read_bytes() == checkpoint
     after = json.loads((out / "result.json").read_text())
     assert after["train_bound_per_epoch"] == before["train_bound_per_epoch"]
-    assert after["test_nll"] == before["test_nll"]
+    assert after["nll"] == before["nll"]
     # another k into the same directory: refused, and nothing in it changes
     other = list(args)
     other[other.index("--k") + 1] = "6"

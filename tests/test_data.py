@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import idx_bytes
 
 from iwae_tutorial import data
 from iwae_tutorial.data import files as data_files
@@ -45,33 +46,12 @@ LAKE28_FILES = [
 # ------------------------------------------------------------------------------------------
 
 
-def idx_bytes(arr: np.ndarray) -> bytes:
-    """Uncompressed IDX encoding of a uint8 array."""
-    arr = np.ascontiguousarray(arr, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, dtype=">u4").tobytes()
-    return header + arr.tobytes()
-
-
 def write_idx(path: Path, arr: np.ndarray, compress: bool = True) -> str:
     """Write ``arr`` as an IDX file (gzipped if ``compress``); return the md5 of the raw IDX."""
     raw = idx_bytes(arr)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(raw) if compress else raw)
     return hashlib.md5(raw).hexdigest()
-
-
-@pytest.fixture
-def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No $IWAE_DATA_DIR, a private empty cache dir, and no network: returns the cache dir."""
-    cache = tmp_path / "user-cache"
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setattr(data_files, "_cache_dir", lambda: cache)
-
-    def no_network(url: str, timeout: float):
-        raise AssertionError(f"unexpected network access to {url}")
-
-    monkeypatch.setattr(data_files, "_urlopen", no_network)
-    return cache
 
 
 def real_root(dataset: str, required: list[str]) -> Path:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import idx_bytes
 
 from iwae_tutorial import data
 from iwae_tutorial.data import files as data_files
@@ -37,25 +38,6 @@ NPZ = Path("binarized_mnist") / "binarized_mnist.npz"
 # ------------------------------------------------------------------------------------------
 # helpers and fixtures
 # ------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No $IWAE_DATA_DIR, a private empty cache dir, and no network: returns the cache dir."""
-    cache = tmp_path / "user-cache"
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
-    monkeypatch.setattr(data_files, "_cache_dir", lambda: cache)
-
-    def no_network(url: str, timeout: float):
-        raise AssertionError(f"unexpected network access to {url}")
-
-    monkeypatch.setattr(data_files, "_urlopen", no_network)
-    return cache
-
-
-def idx_bytes(arr: np.ndarray) -> bytes:
-    arr = np.ascontiguousarray(arr, dtype=np.uint8)
-    return bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, ">u4").tobytes() + arr.tobytes()
 
 
 def write_fake_mnist(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

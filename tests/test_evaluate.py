@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from test_bounds import X, exact_posterior_model, linear_gaussian, log_px
+from helpers import X, exact_posterior_model, linear_gaussian, log_px
 
 from iwae_tutorial.bounds import elbo, log_mean_exp
 from iwae_tutorial.evaluate import LogMeanExpAccumulator, active_units, log_likelihood

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY, grey, seeded_model, tiny_dataset
 
 from iwae_tutorial import cli
 from iwae_tutorial import reproduce as rp
@@ -28,7 +29,6 @@ from iwae_tutorial.checkpoints import (
     write_atomic,
     write_json_atomic,
 )
-from iwae_tutorial.experiments import Dataset
 from iwae_tutorial.fleet import FLEET_CHECKPOINT, Fleet, FleetMember
 from iwae_tutorial.models import IWAE
 from iwae_tutorial.schedule import constant_schedule
@@ -40,13 +40,8 @@ CAMEL = ["--dataset", "camel", "--layers", "8,1", "--n-train", "200", "--k", "2"
          "--eval-k", "10", "--eval-n", "20", "--no-progress"]
 
 
-def grey(seed: int = 0, n: int = N) -> torch.Tensor:
-    return torch.rand(n, 784, generator=torch.Generator().manual_seed(seed))
-
-
 def small_model(seed: int = 0) -> IWAE:
-    torch.manual_seed(seed)
-    return IWAE(784, [(16, 4)])
+    return seeded_model([(16, 4)], seed)
 
 
 def one_line_error(capsys, code: int, *fragments: str) -> str:
@@ -133,7 +128,7 @@ def test_nan_gradient_on_an_epochs_last_step_is_not_saved(tmp_path):
     model.decoder[-1].logits.weight.register_hook(poison)
     with pytest.raises(TrainingDivergedError, match="parameter became NaN or infinite during "
                                                     "epoch 2") as err:
-        fit(model, grey(), k=K, epochs=3, batch_size=BATCH, run_dir=tmp_path, progress=False)
+        fit(model, grey(N), k=K, epochs=3, batch_size=BATCH, run_dir=tmp_path, progress=False)
     assert "after epoch 1" in str(err.value)
     state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert state["epoch"] == 1
@@ -157,7 +152,7 @@ def test_fleet_nan_gradient_names_the_member_and_keeps_the_last_checkpoint(tmp_p
 
     next(iter(group.params.values())).register_hook(poison)
     with pytest.raises(TrainingDivergedError, match="'b'.*NaN or infinite"):
-        fleet.fit(grey(), epochs=3, batch_size=BATCH, run_dir=tmp_path, progress=False)
+        fleet.fit(grey(N), epochs=3, batch_size=BATCH, run_dir=tmp_path, progress=False)
     state = load_tensors(tmp_path / FLEET_CHECKPOINT)
     assert state["epoch"] == 1 and state["step"] == 0
     assert all(torch.isfinite(t).all() for g in state["params"].values() for t in g.values())
@@ -410,14 +405,14 @@ def test_kill_between_checkpoint_and_log_line(tmp_path, monkeypatch):
 
     kill = _KillAtLog(monkeypatch, train_module, at=2)
     with pytest.raises(KeyboardInterrupt):
-        fit(small_model(), grey(), k=K, epochs=3, batch_size=BATCH, run_dir=tmp_path,
+        fit(small_model(), grey(N), k=K, epochs=3, batch_size=BATCH, run_dir=tmp_path,
             progress=False)
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["epoch"] == 2  # saved, not logged
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1
     kill.at = -1
     with open(tmp_path / "log.jsonl", "a") as f:
         f.write('{"epoch": 2, "lr"')  # and a torn line, as a kill mid-write leaves
-    history = fit(small_model(), grey(), k=K, epochs=3, batch_size=BATCH, run_dir=tmp_path,
+    history = fit(small_model(), grey(N), k=K, epochs=3, batch_size=BATCH, run_dir=tmp_path,
                   progress=False)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2, 3] and log == history
@@ -433,9 +428,9 @@ def test_fleet_log_after_a_kill(tmp_path, monkeypatch):
 
     kill = _KillAtLog(monkeypatch, fleet_module, at=2)
     with pytest.raises(KeyboardInterrupt):
-        make().fit(grey(), epochs=3, batch_size=BATCH, run_dir=tmp_path, progress=False)
+        make().fit(grey(N), epochs=3, batch_size=BATCH, run_dir=tmp_path, progress=False)
     kill.at = -1
-    res = make().fit(grey(), epochs=3, batch_size=BATCH, run_dir=tmp_path, progress=False)
+    res = make().fit(grey(N), epochs=3, batch_size=BATCH, run_dir=tmp_path, progress=False)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2, 3]
     assert [e["train_bound"]["b"] for e in log] == [h["train_bound"] for h in res.history[1]]
@@ -454,15 +449,15 @@ def test_fewer_epochs_than_done_is_refused(camel_run, capsys):
 
 def test_checkpoint_resumed_on_other_data_or_rate_is_refused(tmp_path):
     """Without config.json to compare, the checkpoint itself knows its data and its rates."""
-    fit(small_model(), grey(0), k=K, schedule=constant_schedule(1, 1e-3), batch_size=BATCH,
+    fit(small_model(), grey(N, seed=0), k=K, schedule=constant_schedule(1, 1e-3), batch_size=BATCH,
         run_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="another configuration .*data"):
-        fit(small_model(), grey(1), k=K, schedule=constant_schedule(2, 1e-3),
+        fit(small_model(), grey(N, seed=1), k=K, schedule=constant_schedule(2, 1e-3),
             batch_size=BATCH, run_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="learning rate 0.001, the schedule now asks for 0.002"):
-        fit(small_model(), grey(0), k=K, schedule=constant_schedule(2, 2e-3),
+        fit(small_model(), grey(N, seed=0), k=K, schedule=constant_schedule(2, 2e-3),
             batch_size=BATCH, run_dir=tmp_path, progress=False)
-    fit(small_model(), grey(0), k=K, schedule=constant_schedule(2, 1e-3), batch_size=BATCH,
+    fit(small_model(), grey(N, seed=0), k=K, schedule=constant_schedule(2, 1e-3), batch_size=BATCH,
         run_dir=tmp_path, progress=False)  # the same data and rate resume
 
 
@@ -472,16 +467,6 @@ def test_deleted_config_json_other_dataset(camel_run, capsys, tmp_path):
     code = cli.main(["train", *CAMEL, "--n-train", "120", "--epochs", "2", "--out",
                      str(camel_run)])
     one_line_error(capsys, code, "another configuration", "n 200 there, 120 now")
-
-
-# ------------------------------------------------------------------ helpers for reproduce
-def tiny_dataset(name: str = "mnist") -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    return Dataset(name, torch.rand(40, 784, generator=g), torch.rand(10, 784, generator=g),
-                   True, "bernoulli")
-
-
-TINY = rp.Budget("smoke", 40, 1, 5, 6, "tiny budget for the tests")
 
 
 def test_every_file_goes_through_the_one_atomic_writer():

@@ -7,24 +7,23 @@ Small models and random grey images (no data files needed). float64 checks the m
 (oneDNN matmuls where available, fused layers) to float rounding.
 """
 
+import helpers
 import pytest
 import torch
+from helpers import seeded_model
 
-from iwae_tutorial.evaluate import log_likelihood
-from iwae_tutorial.experiments import RunConfig, load_run
-from iwae_tutorial.fleet import (
-    FLEET_CHECKPOINT,
-    Fleet,
-    FleetMember,
-    _Spec,
-    fleet_log_weights,
-    log_likelihood_many,
+from iwae_tutorial.evaluate import log_likelihood, log_likelihood_many
+from iwae_tutorial.experiments import RunConfig
+from iwae_tutorial.fleet import FLEET_CHECKPOINT, Fleet, FleetMember, table1_configs
+from iwae_tutorial.models import IWAE
+from iwae_tutorial.runs import load_run
+from iwae_tutorial.stacked import (
+    StackedSpec,
     onednn_available,
     stack_state_dicts,
-    table1_configs,
+    stacked_log_weights,
     unstack_state_dict,
 )
-from iwae_tutorial.models import IWAE
 from iwae_tutorial.train import TrainingDivergedError, fit
 
 N, BATCH, DIM = 60, 20, 40
@@ -38,12 +37,11 @@ MEMBERS = [("vae", 1, ONE, 0), ("iwae", 5, ONE, 0), ("vae", 5, ONE, 1), ("iwae",
 
 
 def grey(n=N, dim=DIM, seed=0, dtype=torch.float32):
-    return torch.rand(n, dim, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    return helpers.grey(n, dim, seed, dtype)
 
 
 def make_model(layers, seed, dim=DIM, dtype=torch.float32):
-    torch.manual_seed(seed)
-    return IWAE(dim, layers).to(dtype)
+    return seeded_model(layers, seed, dim, dtype)
 
 
 def make_fleet(specs, dim=DIM, dtype=torch.float32, gemm="auto"):
@@ -97,7 +95,7 @@ def test_stacked_log_weights_and_gradients_equal_the_model(layers, gemm):
     dtype = torch.float64 if gemm == "bmm" else torch.float32
     tol = 1e-10 if gemm == "bmm" else 2e-3
     models = [make_model(layers, s, dtype=dtype) for s in (0, 1)]
-    spec = _Spec.of(models[0])
+    spec = StackedSpec.of(models[0])
     k, b = 64, 40  # 2560 rows: big enough for oneDNN's threshold on the larger layers
     g = torch.Generator().manual_seed(0)
     x = torch.bernoulli(grey(b, dtype=dtype), generator=g)
@@ -105,7 +103,7 @@ def test_stacked_log_weights_and_gradients_equal_the_model(layers, gemm):
     eps = [torch.randn(2, k, b, d, generator=g, dtype=dtype) for d in models[0].latent_dims]
     p = {n: t.requires_grad_(True)
          for n, t in stack_state_dicts([m.state_dict() for m in models], spec).items()}
-    lw = fleet_log_weights(p, spec, xs, eps, gemm=gemm)
+    lw = stacked_log_weights(p, spec, xs, eps, gemm=gemm)
     lw.logsumexp(1).sum().backward()
     grads = {n: t.grad for n, t in p.items()}
     for j, m in enumerate(models):
@@ -222,7 +220,7 @@ def test_bad_member_is_refused():
 
 @pytest.mark.parametrize("d", [784, 101, 37, 1])
 def test_softplus_sum(d):
-    from iwae_tutorial.fleet import _softplus_sum
+    from iwae_tutorial.stacked import _softplus_sum
 
     logits = 12 * torch.randn(3, 50, d, generator=torch.Generator().manual_seed(d),
                               dtype=torch.float64)

@@ -5,7 +5,7 @@ import matplotlib
 import pytest
 import torch
 
-from iwae_tutorial import latent
+from iwae_tutorial import latent, runs
 from iwae_tutorial.models import IWAE
 from iwae_tutorial.train import save_checkpoint
 
@@ -160,7 +160,7 @@ def test_reconstruction_metrics():
 
 
 def test_checkpoints_are_found_by_configuration(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # no results/checkpoints above a temporary directory
+    monkeypatch.delenv("IWAE_CHECKPOINT_DIR", raising=False)
     from iwae_tutorial.experiments import RunConfig
 
     torch.manual_seed(5)
@@ -173,14 +173,14 @@ def test_checkpoints_are_found_by_configuration(tmp_path, monkeypatch):
     save_checkpoint(run / "checkpoint.pt", {"model": m.state_dict(), "model_config": m.config})
     (run / "config.json").write_text(json.dumps({"dataset": "mnist", "objective": "vae",
                                                  "k": 1, "layers": [[8, 2]]}))
-    assert latent.find_checkpoint("mnist", "iwae", 5, [[8, 2]], root) is None
-    path, meta = latent.find_checkpoint("mnist", "iwae", 50, [(8, 2)], root)
+    assert runs.find_trained("mnist", "iwae", 5, [[8, 2]], root) is None
+    path, meta = runs.find_trained("mnist", "iwae", 50, [(8, 2)], root)
     assert path.name == "a.pt" and meta["epochs"] == 7
-    assert latent.find_checkpoint("mnist", "vae", 1, [[8, 2]], root)[0].parent.name == "run"
+    assert runs.find_trained("mnist", "vae", 1, [[8, 2]], root)[0].parent.name == "run"
     cfg = RunConfig(objective="iwae", k=50, layers=[[8, 2]], epochs=1)
-    loaded, info = latent.load_or_train(cfg, device="cpu", root=root)
+    loaded, info = runs.load_or_train(cfg, device="cpu", root=root)
     assert info["source"].startswith("checkpoint") and info["epochs"] == 7
-    text = latent.describe_source(info)
+    text = runs.describe_source(info)
     assert text.splitlines()[0] == info["source"] and "epochs: 7" in text
     for a, b in zip(loaded.state_dict().values(), m.state_dict().values()):
         assert torch.equal(a, b)

@@ -6,23 +6,14 @@ import subprocess
 import sys
 
 import pytest
-import torch
+from helpers import TINY, tiny_dataset
 
 from iwae_tutorial import reproduce as rp
-from iwae_tutorial.experiments import Dataset
+from iwae_tutorial.paper import paper_numbers
 
 REQUIRED_CONFIG_KEYS = {"name", "objective", "k", "stochastic_layers", "nll", "eval_k", "eval_n",
                         "active_units", "train_bound", "epochs", "wall_time_s", "paper"}
 REQUIRED_PROVENANCE_KEYS = {"git_commit", "torch_version", "device_name", "date_utc", "command"}
-
-
-def tiny_dataset(name="mnist") -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    return Dataset(name, torch.rand(40, 784, generator=g), torch.rand(10, 784, generator=g),
-                   True, "bernoulli")
-
-
-TINY = rp.Budget("smoke", 40, 1, 5, 6, "tiny budget for the tests")
 
 
 def check_result(path, dataset, budget, n_train, eval_k, eval_n):
@@ -51,12 +42,12 @@ def test_budgets():
 
 
 def test_paper_numbers():
-    p = rp.paper_numbers("mnist", "iwae", 50, 2)
+    p = paper_numbers("mnist", "iwae", 50, 2)
     assert p["nll"] == 82.90 and p["active_units"] == [26, 7] and p["comparable"]
-    assert rp.paper_numbers("mnist", "vae", 1, 1)["nll"] == 86.76
-    lake = rp.paper_numbers("omniglot-lake28", "iwae", 50, 2)
+    assert paper_numbers("mnist", "vae", 1, 1)["nll"] == 86.76
+    lake = paper_numbers("omniglot-lake28", "iwae", 50, 2)
     assert lake["nll"] == 103.38 and not lake["comparable"] and "different" in lake["note"]
-    assert rp.paper_numbers("omniglot-burda", "iwae", 50, 2)["comparable"]
+    assert paper_numbers("omniglot-burda", "iwae", 50, 2)["comparable"]
 
 
 def test_stop_and_resume_gives_the_same_result(tmp_path):

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from helpers import grey, seeded_model
 
 from iwae_tutorial import objectives
 from iwae_tutorial.models import IWAE
@@ -27,12 +28,11 @@ STEPS = N // BATCH
 
 
 def grey_images(seed: int = 0) -> torch.Tensor:
-    return torch.rand(N, 784, generator=torch.Generator().manual_seed(seed))
+    return grey(N, seed=seed)
 
 
 def small_model(seed: int) -> IWAE:
-    torch.manual_seed(seed)
-    return IWAE(784, [(32, 8)])
+    return seeded_model([(32, 8)], seed)
 
 
 def fit_small(model, run_dir=None, epochs=2, objective="iwae", k=K, **kw):

@@ -26,10 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .data import DATASETS
+
 __all__ = ["main", "build_parser", "parse_layers"]
 
 PROG = "iwae-tutorial"
-DATASETS = ("mnist", "omniglot-lake28", "omniglot-burda", "binarized-mnist", "camel")
 REPRODUCE_DATASETS = ("mnist", "omniglot-lake28", "omniglot-burda")
 SEED_MAX = 2**63 - 3  # a run derives seeds seed, seed + 1 and seed + 2
 
@@ -221,7 +222,7 @@ def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gemm", choices=("auto", "onednn", "bmm"), default="auto",
                    help="matrix-product kernels of the fleet on the CPU (default auto)")
     p.add_argument("--no-malloc-tuning", action="store_true",
-                   help="keep glibc's malloc defaults (see iwae_tutorial.fleet.tune_malloc)")
+                   help="keep glibc's malloc defaults (see iwae_tutorial.stacked.tune_malloc)")
     _add_data_args(p)
 
 
@@ -274,13 +275,14 @@ def _log(msg: str) -> None:
 
 
 def _evaluate(model, ds, *, k: int, n: int | None, seed: int, batch_size: int,
-              progress: bool) -> dict[str, Any]:
+              progress: bool) -> tuple[dict[str, Any], dict[str, float]]:
     """Test NLL by L_k on the first n test images (binarized once with ``seed``, as in
     ``reproduce``), and the active units on the first 500 training examples binarized once."""
     import torch
 
     from .evaluate import ACTIVE_UNITS_THRESHOLD, log_likelihood, paper_active_units
     from .experiments import eval_images
+    from .results import evaluation_fields
 
     device = model.device
     n_total = int(ds.x_test.shape[0])
@@ -295,26 +297,10 @@ def _evaluate(model, ds, *, k: int, n: int | None, seed: int, batch_size: int,
     t0 = time.perf_counter()
     au, n_au = paper_active_units(model, ds.x_train, ds.binarize, seed)
     t_au = time.perf_counter() - t0
-
-    nll = -ll
-    return {
-        "test_nll": float(nll.mean()),
-        "test_nll_stderr": float(nll.std(unbiased=True) / n_used**0.5) if n_used > 1 else None,
-        "eval_k": int(k),
-        "eval_n": n_used,
-        "eval_n_total": n_total,
-        "eval_subset": ("all test images" if n_used == n_total
-                        else f"the first {n_used} of the {n_total} test images"),
-        "eval_seed": int(seed),
-        "test_binarization": (f"one fixed Bernoulli draw (CPU generator seed {seed})"
-                              if ds.binarize else "none"),
-        "active_units": list(au.counts),
-        "active_units_total": int(sum(au.counts)),
-        "active_units_variances": [v.tolist() for v in au.variances],
-        "active_units_n": n_au,
-        "active_units_threshold": ACTIVE_UNITS_THRESHOLD,
-        "_seconds": {"eval_nll": t_nll, "active_units": t_au},
-    }
+    ev = evaluation_fields(ll, k=k, n_total=n_total, seed=seed, binarized=ds.binarize,
+                           active_units=au, active_units_n=n_au,
+                           threshold=ACTIVE_UNITS_THRESHOLD)
+    return ev, {"eval_nll": t_nll, "active_units": t_au}
 
 
 def _schedule_info(cfg) -> dict[str, Any]:
@@ -327,38 +313,52 @@ def _schedule_info(cfg) -> dict[str, Any]:
 
 def _summary(result: dict[str, Any]) -> str:
     cfg = result["config"]
-    lines = [f"run {result['run_name']} ({result['dataset']}, {len(cfg['layers'])} stochastic "
+    lines = [f"run {result['name']} ({result['dataset']}, {len(cfg['layers'])} stochastic "
              f"layer(s) {cfg['layers']}, objective {cfg['objective']}, k={cfg['k']})"]
-    if result.get("final_train_bound") is not None:
-        lines.append(f"  epochs done: {result['epochs_done']} of {result['epochs_planned']}; "
-                     f"final train bound {result['final_train_bound']:.3f} nats")
+    if result.get("train_bound") is not None:
+        lines.append(f"  epochs done: {result['epochs']} of {result['epochs_planned']}; "
+                     f"final train bound {result['train_bound']:.3f} nats")
     sched = result.get("schedule")
     if sched is not None:
         rates = sorted({st["lr"] for st in sched["stages"]}, reverse=True)
         what = "the paper's schedule" if sched["kind"] == "paper" else "a constant rate"
         lines.append(f"  learning rate: {what}, " + ", ".join(f"{r:.3g}" for r in rates[:4])
                      + (" ..." if len(rates) > 4 else ""))
-    if result.get("test_nll") is not None:
-        se = result.get("test_nll_stderr")
+    if result.get("nll") is not None:
+        se = result.get("nll_stderr")
         se_txt = f" +- {se:.2f}" if se is not None else ""
         lines.append(f"  test NLL (-L_{result['eval_k']}, {result['eval_subset']}): "
-                     f"{result['test_nll']:.2f}{se_txt} nats")
+                     f"{result['nll']:.2f}{se_txt} nats")
         lines.append(f"  active units per layer: {result['active_units']} "
                      f"(threshold {result['active_units_threshold']})")
-    w = result["wall_seconds"]
+    w = result["wall_time_s"]
     lines.append("  wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in w.items()
                                                if v is not None))
     lines.append(f"  written: {result['_path']}")
     return "\n".join(lines)
 
 
+def _write_result(path: Path, result: dict[str, Any], argv: Sequence[str], t_start: float,
+                  device) -> int:
+    """Add the provenance to a result record, write it atomically, print its summary."""
+    from .checkpoints import write_json_atomic
+    from .provenance import provenance
+
+    result["provenance"] = provenance(command=[PROG, *argv],
+                                      wall_seconds=time.perf_counter() - t_start, device=device)
+    write_json_atomic(path, result)
+    print(_summary({**result, "_path": str(path)}))
+    return 0
+
+
 # --------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from dataclasses import asdict
 
-    from .checkpoints import check_writable, write_json_atomic
-    from .experiments import RunConfig, train_run
-    from .provenance import provenance
+    from .checkpoints import check_writable
+    from .experiments import RunConfig
+    from .results import model_record
+    from .runs import RESULT_NAME, train_run
     from .schedule import schedule_epochs
 
     t_start = time.perf_counter()
@@ -374,7 +374,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory; --out names the run "
                        "directory (it is created)")
-    check_writable(out / "result.json", "--out")  # before any training
+    check_writable(out / RESULT_NAME, "--out")  # before any training
 
     t0 = time.perf_counter()
     ds = _load_dataset(cfg.dataset, args, cfg.seed)
@@ -400,21 +400,6 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return 130
     t_train = time.perf_counter() - t0
 
-    result: dict[str, Any] = {
-        "config": asdict(cfg),
-        "run_name": cfg.name,
-        "dataset": ds.name,
-        "n_train": n_used,
-        "device": str(device),
-        "epochs_done": int(history[-1]["epoch"]) if history else 0,
-        "epochs_planned": schedule_epochs(cfg.schedule()),
-        "schedule": _schedule_info(cfg),
-        "final_train_bound": float(history[-1]["train_bound"]) if history else None,
-        "train_bound_per_epoch": [float(h["train_bound"]) for h in history],
-        "test_nll": None,
-        "eval_k": None,
-        "eval_n": None,
-    }
     seconds: dict[str, float | None] = {
         "load_data": t_data,
         "train": t_train,
@@ -422,35 +407,33 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "eval_nll": None,
         "active_units": None,
     }
+    ev = None
     if not args.skip_eval:
         _log(f"evaluating: L_{args.eval_k} on "
              f"{'all' if args.eval_n is None else 'the first ' + str(args.eval_n)} test images")
-        ev = _evaluate(model, ds, k=args.eval_k, n=args.eval_n, seed=args.eval_seed,
-                       batch_size=args.eval_batch_size, progress=progress)
-        seconds.update(ev.pop("_seconds"))
-        result.update(ev)
-    result["wall_seconds"] = seconds
-    path = out / "result.json"
-    result["provenance"] = provenance(command=[PROG, *argv],
-                                      wall_seconds=time.perf_counter() - t_start, device=device)
-    write_json_atomic(path, result)
-    print(_summary({**result, "_path": str(path)}))
-    return 0
+        ev, ev_seconds = _evaluate(model, ds, k=args.eval_k, n=args.eval_n,
+                                   seed=args.eval_seed, batch_size=args.eval_batch_size,
+                                   progress=progress)
+        seconds.update(ev_seconds)
+    result = model_record(asdict(cfg), ds.name, history, ev, n_train=n_used,
+                          device=str(device), epochs_planned=schedule_epochs(cfg.schedule()),
+                          schedule=_schedule_info(cfg), wall_time_s=seconds)
+    return _write_result(out / RESULT_NAME, result, argv, t_start, device)
 
 
 def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from dataclasses import asdict
 
-    from .checkpoints import check_writable, write_json_atomic
-    from .experiments import load_run
-    from .provenance import provenance
+    from .checkpoints import check_writable
+    from .results import model_record
+    from .runs import EVAL_NAME, load_run
     from .schedule import schedule_epochs
 
     t_start = time.perf_counter()
     run = Path(args.run)
     if not run.is_dir():
         raise CLIError(f"--run {run} is not a directory")
-    path = Path(args.out) if args.out else run / "eval.json"
+    path = Path(args.out) if args.out else run / EVAL_NAME
     check_writable(path, "--out")  # before any computing
     _set_threads(args.threads)
     device = _device(args.device)
@@ -459,33 +442,18 @@ def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except FileNotFoundError as e:
         raise CLIError(str(e)) from None
     ds = _load_dataset(cfg.dataset, args, cfg.seed)
-    ev = _evaluate(model, ds, k=args.eval_k, n=args.eval_n, seed=args.eval_seed,
-                   batch_size=args.eval_batch_size, progress=not args.no_progress)
-    seconds = ev.pop("_seconds")
-    result: dict[str, Any] = {
-        "run": str(run),
-        "config": asdict(cfg),
-        "run_name": cfg.name,
-        "dataset": ds.name,
-        "device": str(device),
-        "epochs_done": int(history[-1]["epoch"]) if history else 0,
-        "epochs_planned": schedule_epochs(cfg.schedule()),
-        "schedule": _schedule_info(cfg),
-        "final_train_bound": float(history[-1]["train_bound"]) if history else None,
-        **ev,
-        "wall_seconds": seconds,
-    }
-    result["provenance"] = provenance(command=[PROG, *argv],
-                                      wall_seconds=time.perf_counter() - t_start, device=device)
-    write_json_atomic(path, result)
-    print(_summary({**result, "_path": str(path)}))
-    return 0
+    ev, seconds = _evaluate(model, ds, k=args.eval_k, n=args.eval_n, seed=args.eval_seed,
+                            batch_size=args.eval_batch_size, progress=not args.no_progress)
+    result = model_record(asdict(cfg), ds.name, history, ev, run=str(run), device=str(device),
+                          epochs_planned=schedule_epochs(cfg.schedule()),
+                          schedule=_schedule_info(cfg), wall_time_s=seconds)
+    return _write_result(path, result, argv, t_start, device)
 
 
 def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .checkpoints import check_writable
-    from .fleet import tune_malloc
     from .reproduce import EXIT_NOT_FINISHED, reproduce
+    from .stacked import tune_malloc
 
     device = _device(args.device)
     _set_threads(args.threads)

@@ -6,11 +6,9 @@ runs a few hundred small kernels and a Python loop around them. The fleet stacks
 instead:
 
 - members with the same architecture and the same ``k`` form a *group*; a group's parameters
-  are stacked, ``[M, ...]`` (weights transposed, a Gaussian's mean and log-std maps fused),
-  and its forward and backward passes are a handful of batched matmuls over all M members at
-  once with fused element-wise work (custom autograd functions :class:`_Linear` and
-  :class:`_BernoulliOut`); on the CPU the large products go to oneDNN (see
-  :func:`onednn_available`: ~2x MKL's speed on the AMD CPU of this project);
+  are stacked, ``[M, ...]``, and its forward and backward passes are those of
+  :mod:`iwae_tutorial.stacked` (a handful of batched matmuls over all M members at once with
+  fused element-wise work; oneDNN for the large products on the CPU);
 - one Adam (fused when the device supports it) updates every parameter of every member:
   Adam is element-wise, so one Adam over stacked tensors is M independent Adams;
 - every member keeps its own objective (members of a group may mix "vae" and "iwae"), its own
@@ -19,11 +17,9 @@ instead:
   moments. A member's result equals :func:`~iwae_tutorial.train.fit` of that model alone
   with the same seed, up to float rounding (``tests/test_fleet.py`` checks it).
 
-On CUDA the step (forward, backward, Adam) is captured once in a CUDA graph and replayed; the
-data, the binarization and the noise stay on the device, the random draws are made eagerly
-into the graph's static buffers with the members' own generators (so they are exactly those of
-``fit``), and the host synchronises once per epoch (to log). That path is written to be correct
-by construction but has not been measured or run in this repository's tests (no GPU).
+On CUDA the step (forward, backward, Adam) is captured once in a CUDA graph and replayed, the
+members' random draws made eagerly into its static buffers, one host sync per epoch; written
+to be correct by construction, not run in this repository's tests (no GPU).
 
 Public API
 ----------
@@ -33,15 +29,12 @@ Public API
   :meth:`Fleet.fit` (checkpointed, resumable, stoppable by time or signal);
   :meth:`Fleet.model` (a member as a plain :class:`~iwae_tutorial.models.IWAE`);
   :meth:`Fleet.save_members` (per-member run directories readable by
-  :func:`iwae_tutorial.experiments.load_run`).
-- :func:`fleet_log_weights`: log-weights of stacked members, ``[M, k, batch]``.
-- :func:`log_likelihood_many`: L_k (k = 5000) for many models at once, batched over examples
-  and streamed over samples; per member it equals :func:`iwae_tutorial.evaluate.log_likelihood`
-  given the same generator, batch and chunk sizes.
-- :func:`table1_configs`: the 12 configurations of Table 1 as
-  :class:`~iwae_tutorial.experiments.RunConfig`.
-- :func:`stack_state_dicts` / :func:`unstack_state_dict`: between ``IWAE`` state dicts and
-  the fleet's stacked layout; :func:`tune_malloc`: glibc tuning for CPU training processes.
+  :func:`iwae_tutorial.runs.load_run`).
+- :class:`FitResult`, :class:`StopFlag` (SIGTERM/SIGINT as a flag), :data:`FLEET_CHECKPOINT`.
+- :func:`table1_configs`: the 12 configurations of Table 1 (RunConfig objects).
+
+The stacked layout and its log-weights are in :mod:`iwae_tutorial.stacked`; L_5000 of many
+models at once is :func:`iwae_tutorial.evaluate.log_likelihood_many`.
 
 Example::
 
@@ -59,7 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import signal
 import threading
 import time
@@ -74,8 +66,14 @@ from .checkpoints import RunDirLock, save_tensors, sync_log, write_json_atomic
 from .models import IWAE
 from .objectives import LOG_W_OBJECTIVES
 from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
+from .stacked import (
+    StackedSpec,
+    resolve_gemm,
+    stack_state_dicts,
+    stacked_log_weights,
+    unstack_state_dict,
+)
 from .train import (
-    CHECKPOINT_NAME,
     LOG_NAME,
     TrainingDivergedError,
     check_resumable,
@@ -86,14 +84,10 @@ from .train import (
     make_generators,
 )
 
-__all__ = [
-    "FleetMember", "Fleet", "FitResult", "fleet_log_weights", "log_likelihood_many",
-    "table1_configs", "stack_state_dicts", "unstack_state_dict", "FLEET_CHECKPOINT",
-    "onednn_available", "tune_malloc", "StopFlag",
-]
+__all__ = ["FleetMember", "Fleet", "FitResult", "table1_configs", "FLEET_CHECKPOINT",
+           "StopFlag"]
 
 FLEET_CHECKPOINT = "fleet.pt"
-_LOG_2PI = math.log(2 * math.pi)
 
 
 # ---------------------------------------------------------------------------------- members
@@ -119,439 +113,20 @@ def table1_configs(dataset: str = "mnist", *, epochs: int | None = None,
                    n_train: int | None = None, seed: int = 0, batch_size: int = 20) -> list:
     """The 12 configurations of Table 1 (VAE/IWAE x k in 1, 5, 50 x 1 or 2 stochastic layers),
     as :class:`~iwae_tutorial.experiments.RunConfig`, all with the same ``seed``."""
-    from .experiments import ONE_LAYER, TWO_LAYERS, RunConfig
-
-    out = []
-    for layers in (ONE_LAYER, TWO_LAYERS):
-        for objective in ("vae", "iwae"):
-            for k in (1, 5, 50):
-                out.append(RunConfig(dataset=dataset, objective=objective, k=k,
-                                     layers=[list(s) for s in layers], epochs=epochs,
-                                     n_train=n_train, seed=seed, batch_size=batch_size))
-    return out
-
-
-# ---------------------------------------------------------------------------------- stacking
-@dataclass(frozen=True)
-class _Spec:
-    """The architecture of a group (what :class:`IWAE` is built from)."""
-
-    x_dim: int
-    layers: tuple[tuple[int, ...], ...]
-    likelihood: str
-
-    @classmethod
-    def of(cls, model: IWAE) -> _Spec:
-        return cls(model.x_dim, tuple(tuple(s) for s in model.layers), model.likelihood)
-
-    @property
-    def n_hidden(self) -> list[int]:
-        return [len(s) - 1 for s in self.layers]
-
-    @property
-    def latent_dims(self) -> list[int]:
-        return [s[-1] for s in self.layers]
-
-    def build(self) -> IWAE:
-        return IWAE(self.x_dim, [list(s) for s in self.layers], likelihood=self.likelihood)
-
-    def linears(self) -> list[tuple[str, str]]:
-        """(kind, module prefix) of every linear map of the model: "hidden" (followed by
-        tanh), "head" (a Gaussian's mean and log_std, fused into one map), "logits"."""
-        out: list[tuple[str, str]] = []
-        L = len(self.layers)
-
-        def mlp(prefix: str, n_hidden: int, last: str) -> None:
-            out.extend(("hidden", f"{prefix}.body.{2 * j}") for j in range(n_hidden))
-            out.append((last, prefix if last == "head" else prefix + ".logits"))
-
-        for level in range(L):
-            mlp(f"encoder.{level}", self.n_hidden[level], "head")
-        for i in range(L - 1):
-            mlp(f"decoder.{i}", self.n_hidden[L - 1 - i], "head")
-        mlp(f"decoder.{L - 1}", self.n_hidden[0],
-            "logits" if self.likelihood == "bernoulli" else "head")
-        return out
-
-
-def stack_state_dicts(states: Sequence[dict[str, Tensor]], spec: _Spec) -> dict[str, Tensor]:
-    """The fleet's stacked layout of M ``IWAE`` state dicts of architecture ``spec``.
-
-    Every linear map ``prefix`` becomes ``prefix.wt: [M, in, out]`` (the transposed weight, so
-    ``x @ wt`` needs no copy and its gradient comes out contiguous) and ``prefix.b: [M, out]``;
-    a Gaussian's ``mean`` and ``log_std`` maps are fused: ``wt: [M, in, 2d]``, ``b: [M, 2d]``.
-    """
-    out: dict[str, Tensor] = {}
-    for kind, prefix in spec.linears():
-        if kind == "head":
-            ws = [torch.cat([s[prefix + ".mean.weight"], s[prefix + ".log_std.weight"]]).t()
-                  for s in states]
-            bs = [torch.cat([s[prefix + ".mean.bias"], s[prefix + ".log_std.bias"]])
-                  for s in states]
-        else:
-            ws = [s[prefix + ".weight"].t() for s in states]
-            bs = [s[prefix + ".bias"] for s in states]
-        out[prefix + ".wt"] = torch.stack([w.detach() for w in ws]).contiguous()
-        out[prefix + ".b"] = torch.stack([b.detach() for b in bs]).contiguous()
-    return out
-
-
-def unstack_state_dict(stacked: dict[str, Tensor], i: int, spec: _Spec) -> dict[str, Tensor]:
-    """Member i's ``IWAE`` state dict (copies) from the stacked layout."""
-    out: dict[str, Tensor] = {}
-    for kind, prefix in spec.linears():
-        w = stacked[prefix + ".wt"][i].detach().t()
-        b = stacked[prefix + ".b"][i].detach()
-        if kind == "head":
-            d = w.shape[0] // 2
-            out[prefix + ".mean.weight"] = w[:d].clone()
-            out[prefix + ".log_std.weight"] = w[d:].clone()
-            out[prefix + ".mean.bias"] = b[:d].clone()
-            out[prefix + ".log_std.bias"] = b[d:].clone()
-        else:
-            out[prefix + ".weight"] = w.clone()
-            out[prefix + ".bias"] = b.clone()
-    return out
-
-
-# ------------------------------------------------------------------- fused stacked layers
-#: per-member multiply-adds (rows x in x out) below which a GEMM goes to torch.bmm even when
-#: oneDNN is available (its call overhead; measured on the 2-core machine of this project)
-_ONEDNN_MIN_MACS = 2_000_000
-_onednn_checked: bool | None = None
-
-
-def onednn_available() -> bool:
-    """Whether oneDNN's fp32 matmul (``torch.ops.mkldnn._linear_pointwise``, the kernel
-    behind Inductor's CPU linear layers) can be used, checked once against ``torch.mm``.
-
-    On CPUs where PyTorch's default BLAS (MKL) does not use the best instruction set (e.g.
-    MKL on AMD: ~100 GFLOP/s per core vs ~210 for oneDNN on the same core, measured on the
-    2-core machine of this project), it is ~2x faster for the fleet's large GEMMs. Exact fp32
-    arithmetic; only the summation order differs. Set ``IWAE_FLEET_GEMM=bmm`` to disable.
-    """
-    global _onednn_checked
-    if _onednn_checked is None:
-        ok = False
-        try:
-            if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
-                                                                 "_linear_pointwise"):
-                g = torch.Generator().manual_seed(0)
-                a = torch.randn(160, 48, generator=g)
-                w = torch.randn(40, 48, generator=g)
-                b = torch.randn(40, generator=g)
-                got = torch.ops.mkldnn._linear_pointwise(a, w, b, "none", [], "")
-                gy = torch.randn(160, 24, generator=g)
-                got_t = torch.ops.mkldnn._linear_pointwise(a.t(), gy.t(), None, "none", [], "")
-                ok = (torch.allclose(got, torch.addmm(b, a, w.t()), rtol=1e-4, atol=1e-4)
-                      and torch.allclose(got_t, a.t() @ gy, rtol=1e-4, atol=1e-4))
-        except Exception:  # noqa: BLE001 - any failure means: do not use it
-            ok = False
-        _onednn_checked = ok
-    return _onednn_checked
-
-
-def tune_malloc(threshold: int = 32 << 20) -> bool:
-    """Make glibc keep freed memory for reuse instead of returning it to the OS (Linux only).
-
-    PyTorch's CPU allocator calls ``malloc`` for every temporary; with glibc's defaults a
-    multi-megabyte temporary (the [k*B, 784] logits of a k = 50 model) is often given back to
-    the OS when freed and page-faulted in again at the next step, which costs ~15% of a
-    training step on the machine of this project (plain loop and fleet alike). This sets
-    ``M_MMAP_THRESHOLD`` (to ``threshold``, at most 32 MiB) and ``M_TRIM_THRESHOLD`` (1 GiB)
-    for the whole process; the price is that the process keeps its peak heap. Returns whether
-    it was applied. Called by ``python -m iwae_tutorial reproduce`` and by the benchmarks (for
-    both loops they compare); the library never calls it by itself.
-    """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, int(min(threshold, 32 << 20)))
-        ok = libc.mallopt(m_trim_threshold, 1 << 30) and ok
-        return bool(ok)
-    except (OSError, AttributeError):  # not glibc
-        return False
-
-
-def _resolve_gemm(gemm: str, device: torch.device, dtype: torch.dtype) -> str:
-    import os
-
-    gemm = os.environ.get("IWAE_FLEET_GEMM", gemm) if gemm == "auto" else gemm
-    if gemm not in ("auto", "onednn", "bmm"):
-        raise ValueError(f"gemm must be 'auto', 'onednn' or 'bmm', got {gemm!r}")
-    usable = device.type == "cpu" and dtype == torch.float32 and onednn_available()
-    if gemm == "onednn" and not usable:
-        raise ValueError("gemm='onednn' needs float32 on the CPU and a PyTorch built with "
-                         "oneDNN (torch.backends.mkldnn.is_available())")
-    if gemm == "auto":
-        return "onednn" if usable else "bmm"
-    return gemm
-
-
-def _dnn(gemm: str, rows: int, k: int, n: int, factor: int = 1) -> bool:
-    return gemm == "onednn" and rows * k * n >= factor * _ONEDNN_MIN_MACS
-
-
-def _tanh_inplace(z: Tensor) -> Tensor:
-    """tanh in place. On the CPU as 2 sigmoid(2z) - 1: PyTorch's CPU sigmoid is vectorised
-    with a fast exp, its tanh goes through a slower path (4-10x slower on some CPUs);
-    the two agree to ~2e-7 absolute in float32."""
-    if z.device.type == "cpu":
-        return z.mul_(2).sigmoid_().mul_(2).sub_(1)
-    return z.tanh_()
-
-
-def _onednn(a: Tensor, w: Tensor, b: Tensor | None, act: str) -> Tensor:
-    """act(a @ w^T + b) by oneDNN; a: [R, K], w: [N, K] (any strides)."""
-    return torch.ops.mkldnn._linear_pointwise(a, w, b, act, [], "")
-
-
-def _mm_bias_act(a: Tensor, wt: Tensor, b: Tensor, tanh: bool, gemm: str) -> Tensor:
-    """act(a @ wt + b): a [M, R, K], wt [M, K, N], b [M, N] -> [M, R, N] (new tensor)."""
-    M, R = a.shape[0], a.shape[1]
-    if _dnn(gemm, R, a.shape[2], wt.shape[2]):
-        act = "tanh" if tanh else "none"
-        return torch.stack([_onednn(a[j], wt[j].t(), b[j], act) for j in range(M)])
-    z = torch.bmm(a, wt)
-    z.add_(b.unsqueeze(1))
-    return _tanh_inplace(z) if tanh else z
-
-
-def _mm_nt(g: Tensor, wt: Tensor, gemm: str) -> Tensor:
-    """g @ wt^T: g [M, R, N], wt [M, K, N] -> [M, R, K]."""
-    if _dnn(gemm, g.shape[1], g.shape[2], wt.shape[1]):
-        return torch.stack([_onednn(g[j], wt[j], None, "none") for j in range(g.shape[0])])
-    return torch.bmm(g, wt.transpose(1, 2))
-
-
-def _mm_tn(a: Tensor, g: Tensor, gemm: str) -> Tensor:
-    """a^T @ g: a [M, R, K], g [M, R, N] -> [M, K, N] (the weight gradient)."""
-    if _dnn(gemm, a.shape[1], a.shape[2], g.shape[2], 2):  # oneDNN copies a^T first
-        return torch.stack([_onednn(a[j].t(), g[j].t(), None, "none")
-                            for j in range(a.shape[0])])
-    return torch.bmm(a.transpose(1, 2), g)
-
-
-class _Linear(torch.autograd.Function):
-    """y = act(a @ wt + b) for M stacked members: a [M, R, in], wt [M, in, out], b [M, out].
-
-    Forward: one GEMM per member group (oneDNN with the bias and tanh fused, or one bmm with
-    the bias added and tanh computed in place); backward: tanh_backward, two GEMMs and a sum.
-    No broadcast copies, no transposed gradients to copy into the parameter's layout.
-    """
-
-    @staticmethod
-    def forward(ctx, a: Tensor, wt: Tensor, b: Tensor, tanh: bool, gemm: str) -> Tensor:
-        a = a.contiguous()
-        z = _mm_bias_act(a, wt, b, tanh, gemm)
-        ctx.tanh, ctx.gemm = tanh, gemm
-        ctx.save_for_backward(a, wt, z if tanh else None)
-        return z
-
-    @staticmethod
-    def backward(ctx, gy: Tensor):
-        a, wt, y = ctx.saved_tensors
-        gz = torch.ops.aten.tanh_backward(gy, y) if ctx.tanh else gy.contiguous()
-        ga = _mm_nt(gz, wt, ctx.gemm) if ctx.needs_input_grad[0] else None
-        gw = _mm_tn(a, gz, ctx.gemm) if ctx.needs_input_grad[1] else None
-        gb = gz.sum(1) if ctx.needs_input_grad[2] else None
-        return ga, gw, gb, None, None
-
-
-def _softplus_sum(logits: Tensor) -> Tensor:
-    """sum_j softplus(l_j) over the last dimension: [..., D] -> [...].
-
-    softplus(l) = relu(l) - log sigmoid(|l|); the sigmoids lie in [1/2, 1), so their product
-    over chunks of at most 100 values stays a normal float, and one log per chunk replaces
-    one log per value (PyTorch's CPU softplus/log are ~2.5 ns per value on some CPUs, its
-    sigmoid ~0.4). Agrees with F.softplus(l).sum(-1) to float rounding.
-    """
-    D = logits.shape[-1]
-    relu = logits.clamp_min(0).sum(-1)
-    s = logits.abs().sigmoid_()
-    c = next((c for c in range(100, 31, -1) if D % c == 0), None)
-    if c is None:  # no convenient divisor: whole chunks of 64, then the rest
-        c = min(64, D)
-    main = (D // c) * c
-    out = relu - s[..., :main].unflatten(-1, (D // c, c)).prod(-1).log_().sum(-1)
-    if main < D:
-        out = out - s[..., main:].prod(-1).log_()
-    return out
-
-
-class _BernoulliOut(torch.autograd.Function):
-    """log p(x | h_1) = sum_j x_j l_j - softplus(l_j), l = a @ wt + b, for M members.
-
-    a: [M, k*B, hid] (the generative net's last hidden layer), wt: [M, hid, D], b: [M, D],
-    x: [M, B, D] -> [M, k, B]. sum_j x_j l_j is computed as a . (x @ wt^T) + x . b, so the
-    only passes over the [k*B, D] logits are the softplus sum (forward) and
-    g * (x - sigmoid(l)) (backward, in place). With oneDNN the logits stay per member (a
-    list), so nothing of that size is stacked or copied.
-    """
-
-    @staticmethod
-    def forward(ctx, a: Tensor, wt: Tensor, b: Tensor, x: Tensor, k: int, gemm: str,
-                keep: bool) -> Tensor:
-        M, R, H = a.shape
-        B = x.shape[1]
-        a = a.contiguous()
-        if _dnn(gemm, R, H, wt.shape[2]):
-            logits: list[Tensor] | Tensor = []
-            sps = []
-            for j in range(M):  # one member's logits at a time (bounded memory when eval)
-                lj = _onednn(a[j], wt[j].t(), b[j], "none")
-                sps.append(_softplus_sum(lj))
-                if keep:
-                    logits.append(lj)
-            sp = torch.stack(sps).view(M, k, B)
-        else:
-            logits = torch.bmm(a, wt)
-            logits.add_(b.unsqueeze(1))
-            sp = _softplus_sum(logits).view(M, k, B)
-        xw = torch.bmm(x, wt.transpose(1, 2))  # [M, B, hid]
-        xl = (a.view(M, k, B, H) * xw.unsqueeze(1)).sum(-1)
-        xl = xl + torch.bmm(x, b.unsqueeze(2)).view(M, 1, B)
-        ctx.k, ctx.gemm, ctx.logits = k, gemm, (logits if keep else None)
-        ctx.save_for_backward(a, wt, x)
-        return xl - sp
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        a, wt, x = ctx.saved_tensors
-        logits, ctx.logits = ctx.logits, None  # used once: overwritten with the gradient
-        M, R, H = a.shape
-        B, D = x.shape[1], x.shape[2]
-        k = ctx.k
-        ng = g.neg().unsqueeze(-1)  # [M, k, B, 1]
-        ga = gw = None
-        if isinstance(logits, list):  # oneDNN, per member
-            gl = []
-            for j in range(M):  # g * (x - sigmoid(l)), in place
-                lj = logits[j].sigmoid_().view(k, B, D)
-                gl.append(lj.sub_(x[j]).mul_(ng[j]).view(R, D))
-            if ctx.needs_input_grad[0]:
-                ga = torch.stack([_onednn(gl[j], wt[j], None, "none") for j in range(M)])
-            if ctx.needs_input_grad[1]:
-                gw = torch.stack([_onednn(a[j].t(), gl[j].t(), None, "none")
-                                  for j in range(M)])
-            gb = torch.stack([t.sum(0) for t in gl]) if ctx.needs_input_grad[2] else None
-        else:
-            gls = logits.sigmoid_().view(M, k, B, D).sub_(x.unsqueeze(1)).mul_(ng)
-            gls = gls.view(M, R, D)
-            if ctx.needs_input_grad[0]:
-                ga = torch.bmm(gls, wt.transpose(1, 2))
-            if ctx.needs_input_grad[1]:
-                gw = torch.bmm(a.transpose(1, 2), gls)
-            gb = gls.sum(1) if ctx.needs_input_grad[2] else None
-        return ga, gw, gb, None, None, None, None
-
-
-# ------------------------------------------------------------------- the stacked model math
-def _hidden(p: dict[str, Tensor], prefix: str, n_hidden: int, inp: Tensor,
-            gemm: str) -> Tensor:
-    for j in range(n_hidden):
-        name = f"{prefix}.body.{2 * j}"
-        inp = _Linear.apply(inp, p[name + ".wt"], p[name + ".b"], True, gemm)
-    return inp
-
-
-def _gaussian(p: dict[str, Tensor], prefix: str, n_hidden: int, inp: Tensor,
-              gemm: str) -> tuple[Tensor, Tensor]:
-    """A GaussianMLP of M members: inp [M, R, in] -> (mean, log_std), each [M, R, d]."""
-    a = _hidden(p, prefix, n_hidden, inp, gemm)
-    out = _Linear.apply(a, p[prefix + ".wt"], p[prefix + ".b"], False, gemm)
-    mean, log_std = out.chunk(2, dim=-1)
-    return mean, log_std
-
-
-def _gaussian_log_prob(h: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
-    z = (h - mean) * torch.exp(-log_std)
-    d = h.shape[-1]
-    return -0.5 * z.square().sum(-1) - log_std.sum(-1) - 0.5 * d * _LOG_2PI
-
-
-def _encode0(p: dict[str, Tensor], spec: _Spec, x: Tensor,
-             gemm: str = "bmm") -> tuple[Tensor, Tensor]:
-    """q(h_1 | x) of stacked members: x [M, B, x_dim] -> (mean, log_std) [M, B, d_1]."""
-    return _gaussian(p, "encoder.0", spec.n_hidden[0], x, gemm)
-
-
-def fleet_log_weights(p: dict[str, Tensor], spec: _Spec, x: Tensor, eps: Sequence[Tensor],
-                      q0: tuple[Tensor, Tensor] | None = None, gemm: str = "bmm") -> Tensor:
-    """log w = log p(x, h) - log q(h | x) of M stacked members with the same architecture.
-
-    The same quantity as :meth:`IWAE.log_weights` (member by member), written with batched
-    matmuls over the member dimension, fused layers and less element-wise work:
-
-    - log q(h_l | h_{l-1}) uses z = eps directly (h = mean + std * eps, so
-      (h - mean) / std = eps: same value, same total gradient);
-    - the Bernoulli log-likelihood goes through :class:`_BernoulliOut`.
-
-    Args:
-        p: stacked parameters in the layout of :func:`stack_state_dicts`.
-        x: [M, B, x_dim], one batch per member.
-        eps: per stochastic layer, [M, k, B, d_l] standard-normal noise.
-        q0: (mean, log_std) of q(h_1 | x) if already computed (see :func:`_encode0`).
-        gemm: "bmm" (any device and dtype) or "onednn" (float32 on the CPU, see
-            :func:`onednn_available`).
-
-    Returns:
-        log_w: [M, k, B]
-    """
-    M, B = x.shape[0], x.shape[1]
-    k = eps[0].shape[1]
-    L = len(spec.layers)
-    hs: list[Tensor] = []
-    log_q = None
-    for level in range(L):
-        if level == 0:
-            mean, log_std = q0 if q0 is not None else _encode0(p, spec, x, gemm)
-            mean, log_std = mean.unsqueeze(1), log_std.unsqueeze(1)  # [M, 1, B, d]
-        else:
-            inp = hs[-1].view(M, k * B, -1)
-            mean, log_std = _gaussian(p, f"encoder.{level}", spec.n_hidden[level], inp, gemm)
-            mean, log_std = mean.view(M, k, B, -1), log_std.view(M, k, B, -1)
-        e = eps[level]
-        h = torch.addcmul(mean, torch.exp(log_std), e)  # [M, k, B, d]
-        d = e.shape[-1]
-        lq = -0.5 * e.square().sum(-1) - log_std.sum(-1) - 0.5 * d * _LOG_2PI
-        log_q = lq if log_q is None else log_q + lq
-        hs.append(h)
-
-    top = hs[-1]
-    log_p = -0.5 * top.square().sum(-1) - 0.5 * top.shape[-1] * _LOG_2PI  # [M, k, B]
-    for i in range(L - 1):  # p(h_{l-1} | h_l), top-down
-        level = L - 1 - i
-        mean, log_std = _gaussian(p, f"decoder.{i}", spec.n_hidden[level],
-                                  hs[level].view(M, k * B, -1), gemm)
-        below = hs[level - 1]
-        log_p = log_p + _gaussian_log_prob(below, mean.view(below.shape),
-                                           log_std.view(below.shape))
-
-    prefix = f"decoder.{L - 1}"
-    h1 = hs[0].view(M, k * B, -1)
-    if spec.likelihood == "bernoulli":
-        a = _hidden(p, prefix, spec.n_hidden[0], h1, gemm)  # [M, kB, hid]
-        log_px = _BernoulliOut.apply(a, p[prefix + ".logits.wt"], p[prefix + ".logits.b"], x, k,
-                                     gemm, torch.is_grad_enabled())
-    else:
-        mean, log_std = _gaussian(p, prefix, spec.n_hidden[0], h1, gemm)
-        log_px = _gaussian_log_prob(x.unsqueeze(1), mean.view(M, k, B, -1),
-                                    log_std.view(M, k, B, -1))
-    return log_p + log_px - log_q
+    from .experiments import RunConfig
+    from .paper import ARCHITECTURES, table1_grid
+
+    return [RunConfig(dataset=dataset, objective=objective, k=k,
+                      layers=[list(s) for s in ARCHITECTURES[layers]], epochs=epochs,
+                      n_train=n_train, seed=seed, batch_size=batch_size)
+            for layers, objective, k in table1_grid()]
 
 
 # ------------------------------------------------------------------------------- the groups
 class _Group:
     """Members with the same architecture and k: stacked parameters and per-member objectives."""
 
-    def __init__(self, spec: _Spec, k: int, idx: list[int], objectives: list[str],
+    def __init__(self, spec: StackedSpec, k: int, idx: list[int], objectives: list[str],
                  params: dict[str, Tensor], gemm: str = "bmm"):
         self.spec, self.k, self.idx, self.gemm = spec, k, idx, gemm
         self.params = params
@@ -566,7 +141,7 @@ class _Group:
 
     def bound(self, p: dict[str, Tensor], x: Tensor, eps: Sequence[Tensor]) -> Tensor:
         """Each member's objective per data point: [M, B]."""
-        lw = fleet_log_weights(p, self.spec, x, eps, gemm=self.gemm).transpose(0, 1)
+        lw = stacked_log_weights(p, self.spec, x, eps, gemm=self.gemm).transpose(0, 1)
         if len(self.fns) == 1:
             return self.fns[0](lw)
         bounds = torch.stack([fn(lw) for fn in self.fns])  # [n_obj, M, B]
@@ -636,7 +211,8 @@ class Fleet:
             all on one device. Their weights are copied into the fleet's stacked tensors.
         members: one :class:`FleetMember` per model (objective, k, seed, name).
         gemm: matrix products by "bmm" (torch.bmm; any device), "onednn" (float32 on the
-            CPU; ~2x faster where MKL is slow, see :func:`onednn_available`) or "auto"
+            CPU; ~2x faster where MKL is slow, see
+            :func:`~iwae_tutorial.stacked.onednn_available`) or "auto"
             (oneDNN when usable; ``$IWAE_FLEET_GEMM`` overrides).
     """
 
@@ -653,8 +229,8 @@ class Fleet:
         self.dtype = next(models[0].parameters()).dtype
         if any(m.device != self.device for m in models):
             raise ValueError("all models of a fleet must be on the same device")
-        self.specs = [_Spec.of(m) for m in models]
-        self.gemm = _resolve_gemm(gemm, self.device, self.dtype)
+        self.specs = [StackedSpec.of(m) for m in models]
+        self.gemm = resolve_gemm(gemm, self.device, self.dtype)
         keys: dict[tuple, list[int]] = {}
         for i, (spec, mem) in enumerate(zip(self.specs, self.members)):
             keys.setdefault((spec, int(mem.k)), []).append(i)
@@ -722,13 +298,9 @@ class Fleet:
 
     def _nonfinite_members(self) -> list[str]:
         """Names of the members with a NaN or inf parameter (one host sync)."""
-        flags = torch.ones(len(self), dtype=torch.bool, device=self.device)  # internal order
-        start = 0
-        for g in self.groups:
-            ok = torch.stack([torch.isfinite(t.detach().flatten(1).sum(1))
-                              for t in g.params.values()]).all(0)
-            flags[start:start + g.size] &= ok
-            start += g.size
+        flags = torch.cat([torch.stack([torch.isfinite(t.detach().flatten(1).sum(1))  # [M_g]
+                                        for t in g.params.values()]).all(0)
+                           for g in self.groups])  # internal order
         return [self.names[self.order[pos]] for pos in
                 (~flags).nonzero().flatten().tolist()]
 
@@ -872,11 +444,9 @@ class Fleet:
         check_state(state, ("params", "optimizer", "rng", "epoch", "step", "history"),
                     ckpt_path)
         saved = state.get("fingerprint")
-        if isinstance(saved, dict) and "members" in saved and isinstance(saved["members"],
-                                                                          list) \
-                and saved["members"] and isinstance(saved["members"][0], dict):
-            saved = {"members": [m.get("name") for m in saved["members"]],
-                     "binarize": saved.get("binarize")}  # the layout of older versions
+        old = saved.get("members") if isinstance(saved, dict) else None
+        if isinstance(old, list) and old and isinstance(old[0], dict):  # older versions' layout
+            saved = {"members": [m.get("name") for m in old], "binarize": saved.get("binarize")}
         check_resumable(saved, fprint, state["history"][0], schedule, str(ckpt_path.parent),
                         place="another --run-root", other="another fleet or data set")
         self._load_params(state["params"])
@@ -966,23 +536,16 @@ class Fleet:
                      histories: Sequence[Sequence[dict]] | None = None) -> list[Path]:
         """One run directory per member (``<directory>/<name>/``) with ``checkpoint.pt``
         (model weights, model config, history) and, when ``configs`` (RunConfig per member)
-        are given, ``config.json``, so :func:`iwae_tutorial.experiments.load_run` reads it.
+        are given, ``config.json``, so :func:`iwae_tutorial.runs.load_run` reads it.
         Also writes ``<directory>/fleet.json`` (the members and their files)."""
+        from .runs import write_run
+
         directory = Path(directory)
-        out = []
-        for i, name in enumerate(self.names):
-            d = directory / name
-            d.mkdir(parents=True, exist_ok=True)
-            m = self.model(i, device="cpu")
-            save_tensors(d / CHECKPOINT_NAME, {
-                "model": m.state_dict(), "model_config": m.config,
-                "history": list(histories[i]) if histories is not None else [],
-                "epoch": len(histories[i]) if histories is not None else None,
-                "trained_by": "iwae_tutorial.fleet",
-            })
-            if configs is not None:
-                write_json_atomic(d / "config.json", asdict(configs[i]))
-            out.append(d)
+        out = [write_run(directory / name, self.model(i, device="cpu"),
+                         configs[i] if configs is not None else None,
+                         histories[i] if histories is not None else [],
+                         trained_by="iwae_tutorial.fleet")
+               for i, name in enumerate(self.names)]
         meta = {"members": [{"name": nm, **asdict(m), "layers": [list(s) for s in sp.layers],
                              "dir": nm} for nm, m, sp in zip(self.names, self.members,
                                                                self.specs)]}
@@ -1065,11 +628,7 @@ class _Stepper:
                     torch.randn(buf.shape[1:], generator=gens[i]["noise"], out=buf[j])
 
     def xs(self) -> list[Tensor]:
-        out, start = [], 0
-        for g in self.fleet.groups:
-            out.append(self.x_buf[start:start + g.size])
-            start += g.size
-        return out
+        return list(self.x_buf.split([g.size for g in self.fleet.groups]))
 
     def eager_step(self) -> Tensor:
         loss, bounds = self.loss_fn(self.fleet.groups, self.xs(), self.eps_buf)
@@ -1137,98 +696,3 @@ class _CudaGraphStep:
     def replay(self) -> Tensor:
         self.graph.replay()
         return self.bounds.clone()
-
-
-# ---------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def log_likelihood_many(
-    models: Sequence[IWAE],
-    x: Tensor,
-    k: int = 5000,
-    *,
-    batch_size: int = 100,
-    chunk_size: int | None = None,
-    max_rows: int = 8_000,
-    generators: Sequence[torch.Generator | None] | None = None,
-    progress: bool = False,
-    start: int = 0,
-    stop: int | None = None,
-    gemm: str = "auto",
-) -> Tensor:
-    """L_k estimates of log p(x) of many models at once: [len(models), n] float64 (CPU).
-
-    Models with the same architecture are stacked and evaluated together with batched
-    matmuls; examples go ``batch_size`` at a time and the ``k`` samples in chunks of
-    ``chunk_size`` (default: as many as keep ``members x chunk x batch <= max_rows`` for the
-    largest group of same-architecture models), accumulated exactly in float64. q(h_1|x)
-    is computed once per batch of examples, not once per chunk.
-
-    With ``generators`` (one per model) each model draws its noise from its own generator in
-    the same order as :func:`~iwae_tutorial.evaluate.log_likelihood` does, so with the same
-    ``batch_size`` and ``chunk_size`` the result equals calling it model by model (up to float
-    rounding). ``start``/``stop`` evaluate only examples [start:stop] (the returned tensor
-    still has n columns; the others are NaN): used to stream a long evaluation in pieces.
-    """
-    from .evaluate import LogMeanExpAccumulator
-
-    if k < 1:
-        raise ValueError(f"k must be a positive number of samples, got {k}")
-    models = list(models)
-    if not models:
-        raise ValueError("no models to evaluate")
-    device = models[0].device
-    dtype = next(models[0].parameters()).dtype
-    gemm = _resolve_gemm(gemm, device, dtype)
-    n = x.shape[0]
-    stop = n if stop is None else min(stop, n)
-    batch_size = max(1, min(batch_size, n))
-    if generators is None:
-        generators = [None] * len(models)
-    if len(generators) != len(models):
-        raise ValueError("give one generator per model (or none)")
-    out = torch.full((len(models), n), float("nan"), dtype=torch.float64)
-    groups: dict[_Spec, list[int]] = {}
-    for i, m in enumerate(models):
-        groups.setdefault(_Spec.of(m), []).append(i)
-    if chunk_size is None:  # max_rows rows of samples per group at a time
-        biggest = max(len(idx) for idx in groups.values())
-        chunk_size = max(1, min(k, max_rows // (batch_size * biggest)))
-    stacked = {spec: stack_state_dicts([models[i].state_dict() for i in idx], spec)
-               for spec, idx in groups.items()}
-    stacked = {spec: {nm: t.to(device) for nm, t in p.items()} for spec, p in stacked.items()}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=stop - start, unit="example", desc=f"L_{k} x {len(models)}",
-                   leave=False)
-    try:
-        for b0 in range(start, stop, batch_size):
-            xb = x[b0:min(b0 + batch_size, stop)].to(device=device, dtype=dtype)
-            nb = xb.shape[0]
-            for spec, idx in groups.items():
-                p = stacked[spec]
-                Mg = len(idx)
-                xs = xb.unsqueeze(0).expand(Mg, nb, xb.shape[1]).contiguous()
-                q0 = _encode0(p, spec, xs, gemm)
-                accs = [LogMeanExpAccumulator() for _ in idx]
-                done = 0
-                while done < k:
-                    c = min(chunk_size, k - done)
-                    eps = [torch.empty(Mg, c, nb, d, device=device, dtype=xs.dtype)
-                           for d in spec.latent_dims]
-                    for j, i in enumerate(idx):
-                        for e in eps:  # layer order, as IWAE.sample_q draws them
-                            torch.randn(e.shape[1:], generator=generators[i], out=e[j])
-                    lw = fleet_log_weights(p, spec, xs, eps, q0=q0, gemm=gemm)  # [Mg, c, nb]
-                    for j in range(Mg):
-                        accs[j].add(lw[j])
-                    done += c
-                for j, i in enumerate(idx):
-                    out[i, b0:b0 + nb] = accs[j].value().cpu()
-            if bar is not None:
-                bar.update(nb)
-    finally:
-        if bar is not None:
-            bar.close()
-    return out

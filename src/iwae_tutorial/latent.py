@@ -1,5 +1,5 @@
 """Computations on latent spaces: exact posteriors on a grid, decoded manifolds, interpolations,
-reconstructions, and loading a trained model (from ``results/checkpoints`` or by training).
+and reconstructions.
 
 With a 2-D latent space the true posterior of a one-stochastic-layer model,
 
@@ -19,13 +19,9 @@ functions; :class:`LatentGrid` is 2-D).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,11 +48,6 @@ __all__ = [
     "interpolate",
     "reconstruction_metrics",
     "ReconstructionMetrics",
-    "find_checkpoint",
-    "load_checkpoint_model",
-    "load_or_train",
-    "describe_source",
-    "checkpoint_dirs",
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -451,140 +442,3 @@ def reconstruction_metrics(model: IWAE, x_grey: Tensor, x_binary: Tensor, n_samp
             model.log_px_given_h(xb, mean + std * eps).mean(0).cpu())
         parts["pixel_error"].append((model.decode(mean) - xg).abs().mean(-1).cpu())
     return ReconstructionMetrics(**{k: torch.cat(v).double() for k, v in parts.items()})
-
-
-# --------------------------------------------------------------------------- trained models
-def checkpoint_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Where trained models are looked for, in order: ``root``; ``$IWAE_CHECKPOINT_DIR``;
-    ``results/checkpoints`` under the working directory and its parents (so it is found from
-    ``notebooks/`` and from the repository root)."""
-    dirs: list[Path] = []
-    if root is not None:
-        dirs.append(Path(root))
-    if os.environ.get("IWAE_CHECKPOINT_DIR"):
-        dirs.append(Path(os.environ["IWAE_CHECKPOINT_DIR"]))
-    here = Path.cwd().resolve()
-    for d in (here, *here.parents):
-        dirs.append(d / "results" / "checkpoints")
-    return [d for d in dict.fromkeys(dirs) if d.is_dir()]
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _candidates(d: Path) -> list[tuple[Path, dict]]:
-    """(weights file, metadata) pairs in one checkpoint directory.
-
-    Two layouts: ``NAME.pt`` next to ``NAME.json``; or a run directory ``NAME/`` written by
-    :func:`iwae_tutorial.experiments.train_run` (``config.json`` and ``checkpoint.pt``, with an
-    optional ``metadata.json``).
-    """
-    out = []
-    for meta_path in sorted(d.glob("*.json")):
-        weights = meta_path.with_suffix(".pt")
-        meta = _read_json(meta_path)
-        if weights.exists() and meta is not None:
-            out.append((weights, {**meta, "metadata_file": str(meta_path)}))
-    for sub in sorted(p for p in d.iterdir() if p.is_dir()):
-        weights, cfg = sub / "checkpoint.pt", _read_json(sub / "config.json")
-        if weights.exists() and cfg is not None:
-            meta = _read_json(sub / "metadata.json") or {}
-            out.append((weights, {"config": cfg, **meta, "metadata_file": str(sub)}))
-    return out
-
-
-def _config_of(meta: dict) -> dict:
-    """The run configuration inside a metadata dict (top level or under "config")."""
-    cfg = meta.get("config")
-    return cfg if isinstance(cfg, dict) else meta
-
-
-def _matches(meta: dict, dataset: str, objective: str, k: int,
-             layers: Sequence[Sequence[int]]) -> bool:
-    cfg = _config_of(meta)
-    try:
-        return (cfg.get("dataset", "mnist") == dataset and cfg.get("objective") == objective
-                and int(cfg.get("k")) == int(k)
-                and [list(map(int, s)) for s in cfg.get("layers")] ==
-                [list(map(int, s)) for s in layers])
-    except (TypeError, ValueError):
-        return False
-
-
-def find_checkpoint(dataset: str, objective: str, k: int, layers: Sequence[Sequence[int]],
-                    root: str | os.PathLike[str] | None = None) -> tuple[Path, dict] | None:
-    """The first trained model in :func:`checkpoint_dirs` whose metadata names this dataset,
-    objective, k and architecture, as (weights path, metadata); None if there is none.
-
-    The metadata is a JSON object holding the run configuration (``dataset``, ``objective``,
-    ``k``, ``layers``, ...) at its top level or under ``"config"``; other fields (epochs,
-    test log-likelihood, commit, ...) are passed through for display.
-    """
-    for d in checkpoint_dirs(root):
-        for weights, meta in _candidates(d):
-            if _matches(meta, dataset, objective, k, layers):
-                return weights, {**meta, "weights_file": str(weights)}
-    return None
-
-
-def load_checkpoint_model(path: str | os.PathLike[str],
-                          device: torch.device | str = "cpu") -> IWAE:
-    """Rebuild an :class:`IWAE` from a ``.pt`` file holding ``model_config`` and the weights
-    (under ``model`` as written by training, or ``state_dict``)."""
-    from .train import load_checkpoint
-
-    state = load_checkpoint(path, map_location=device)
-    mc = state.get("model_config")
-    weights = state.get("model", state.get("state_dict"))
-    if mc is None or weights is None:
-        raise ValueError(f"{path} holds no 'model_config' and 'model'/'state_dict' entries")
-    model = IWAE(mc["x_dim"], mc["layers"], likelihood=mc.get("likelihood", "bernoulli"))
-    model.load_state_dict(weights)
-    return model.to(device).eval()
-
-
-def load_or_train(cfg: Any, device: torch.device | str | None = None, *, ds: Any = None,
-                  root: str | os.PathLike[str] | None = None, use_checkpoint: bool = True,
-                  progress: bool = True) -> tuple[IWAE, dict]:
-    """A trained model for ``cfg`` (an :class:`iwae_tutorial.experiments.RunConfig`): the
-    matching model from ``results/checkpoints`` when there is one (see
-    :func:`find_checkpoint`), else one trained now with ``cfg``'s budget.
-
-    Returns (model in eval mode, info), where ``info["source"]`` says which it was and the rest
-    of ``info`` is the checkpoint's metadata or the configuration and training log.
-    """
-    from .experiments import train_run
-    from .profiles import default_device
-
-    device = torch.device(device) if device is not None else default_device()
-    if use_checkpoint:
-        found = find_checkpoint(cfg.dataset, cfg.objective, cfg.k, cfg.layers, root)
-        if found is not None:
-            path, meta = found
-            return load_checkpoint_model(path, device), {"source": f"checkpoint {path}", **meta}
-    model, history = train_run(cfg, device=device, ds=ds, progress=progress)
-    return model, {"source": "trained in this notebook", "config": asdict(cfg),
-                   "epochs": len(history),
-                   "train_bound": history[-1]["train_bound"] if history else None,
-                   "seconds": sum(h["seconds"] for h in history)}
-
-
-def describe_source(info: dict, width: int = 110) -> str:
-    """A few readable lines saying where a model from :func:`load_or_train` came from: the
-    source, then each metadata field (the per-epoch history left out, long values cut)."""
-    lines = [str(info.get("source", "unknown source"))]
-    for key, value in info.items():
-        if key in ("source", "history"):
-            continue
-        text = value if isinstance(value, str) else json.dumps(value, default=str,
-                                                                separators=(", ", "="))
-        text = text.replace('"', "")
-        if len(text) > width:
-            text = text[:width - 3] + "..."
-        lines.append(f"    {key}: {text}")
-    return "\n".join(lines)

@@ -2,7 +2,7 @@
 
 The 12 configurations (VAE/IWAE x k in {1, 5, 50} x 1 or 2 stochastic layers) train together
 in one :class:`~iwae_tutorial.fleet.Fleet`; then each is evaluated (test NLL by L_k, batched
-over the 12 models by :func:`~iwae_tutorial.fleet.log_likelihood_many`) and its active units
+over the 12 models by :func:`~iwae_tutorial.evaluate.log_likelihood_many`) and its active units
 are counted. The result goes to ``results/<dataset>-<budget>.json``.
 
 Budgets (``--budget``):
@@ -40,7 +40,6 @@ training images binarized once, with the threshold 0.01.
 
 from __future__ import annotations
 
-import math
 import shutil
 import sys
 import time
@@ -48,13 +47,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .schedule import PAPER_EPOCHS, schedule_epochs
+from .paper import EVAL_K, PAPER_EPOCHS
+from .schedule import schedule_epochs
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "Budget", "BUDGETS", "resolve_budget", "paper_numbers", "reproduce", "EXIT_NOT_FINISHED",
+    "Budget", "BUDGETS", "resolve_budget", "reproduce", "EXIT_NOT_FINISHED",
 ]
 
 #: exit status when the run stopped early (time limit or signal) with its state saved
@@ -77,10 +77,10 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget("smoke", 200, 1, 50, 100,
                     "200 training images, 1 epoch; L_50 on 100 test images (seconds; for CI)"),
-    "book": Budget("book", None, 4, 5000, 1000,
+    "book": Budget("book", None, 4, EVAL_K, 1000,
                    "all training images, the first 4 epochs of the paper's schedule (1 epoch "
                    "at lr 1e-3, 3 at 7.2e-4); L_5000 on the first 1,000 test images"),
-    "full": Budget("full", None, PAPER_EPOCHS, 5000, None,
+    "full": Budget("full", None, PAPER_EPOCHS, EVAL_K, None,
                    "the paper's protocol: all training images, 3,280 epochs; L_5000 on all "
                    "test images"),
 }
@@ -98,56 +98,9 @@ def resolve_budget(text: str) -> Budget:
                          f"{text!r}") from None
     if epochs < 1:
         raise ValueError(f"--budget: the number of epochs must be positive, got {epochs}")
-    return Budget(str(epochs), None, epochs, 5000, None,
+    return Budget(str(epochs), None, epochs, EVAL_K, None,
                   f"all training images, the first {epochs} epochs of the paper's schedule; "
                   "L_5000 on all test images unless --eval-n says otherwise")
-
-
-# ------------------------------------------------------------------------------- the paper
-# Table 1 of Burda et al. (2016), test NLL in nats for k = 1, 5, 50 (see REFERENCE.md).
-_PAPER_NLL = {
-    "mnist": {("vae", 1): (86.76, 86.47, 86.35), ("iwae", 1): (86.76, 85.54, 84.78),
-              ("vae", 2): (85.33, 85.01, 84.78), ("iwae", 2): (85.33, 83.89, 82.90)},
-    "omniglot": {("vae", 1): (108.11, 107.62, 107.80), ("iwae", 1): (108.11, 106.12, 104.67),
-                 ("vae", 2): (107.58, 106.31, 106.30), ("iwae", 2): (107.56, 104.79, 103.38)},
-}
-# Active units on MNIST (REFERENCE.md marks them "to verify"); 2 layers as (h1, h2).
-_PAPER_AU = {("vae", 1): ([19], [20], [20]), ("iwae", 1): ([19], [22], [25]),
-             ("vae", 2): ([16, 5], [17, 5], [17, 5]), ("iwae", 2): ([16, 5], [21, 5], [26, 7])}
-_KS = (1, 5, 50)
-
-
-def paper_numbers(dataset: str, objective: str, k: int, n_layers: int) -> dict[str, Any]:
-    """The paper's test NLL (and active units, MNIST) of one configuration, with a note on
-    how comparable it is to a run on ``dataset``."""
-    out: dict[str, Any] = {"nll": None, "active_units": None, "source": None,
-                           "comparable": False, "note": None}
-    if k not in _KS:
-        out["note"] = "the paper reports k = 1, 5 and 50 only"
-        return out
-    i = _KS.index(k)
-    key = (objective, n_layers)
-    if dataset == "mnist":
-        out.update(nll=_PAPER_NLL["mnist"].get(key, (None,) * 3)[i],
-                   active_units=_PAPER_AU.get(key, (None,) * 3)[i],
-                   source="Burda et al. (2016), Table 1 (dynamically binarized MNIST); active "
-                          "units from the same table, marked 'to verify' in REFERENCE.md",
-                   comparable=True,
-                   note="comparable only when the run used the paper's protocol "
-                        "(budget 'full')")
-    elif dataset.startswith("omniglot"):
-        out.update(nll=_PAPER_NLL["omniglot"].get(key, (None,) * 3)[i],
-                   source="Burda et al. (2016), Table 1 (Omniglot; marked 'to verify' in "
-                          "REFERENCE.md)")
-        if dataset == "omniglot-burda":
-            out.update(comparable=True, note="the paper's split (chardata.mat); comparable "
-                                             "only with budget 'full'")
-        else:
-            out["note"] = (f"{dataset} is a different Omniglot split from the paper's "
-                           "(chardata.mat, 'omniglot-burda'): not directly comparable")
-    else:
-        out["note"] = f"the paper reports no number for {dataset}"
-    return out
 
 
 def _log(msg: str) -> None:
@@ -183,7 +136,11 @@ def reproduce(
     "signal") with its state saved under ``run_root/<dataset>-<budget>/``.
     ``ds`` (an :class:`~iwae_tutorial.experiments.Dataset`) skips loading the data (tests).
     """
-    from .checkpoints import RunDirLock
+    import torch
+
+    from .checkpoints import RunDirLock, write_json_atomic
+    from .experiments import load_dataset
+    from .profiles import default_device
 
     t_start = time.perf_counter()
     b = budget if isinstance(budget, Budget) else resolve_budget(budget)
@@ -193,71 +150,105 @@ def reproduce(
             for p in run_dir.iterdir():
                 if p.name != RunDirLock.NAME:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
-        return _reproduce(dataset, b, run_dir, t_start, results_dir=results_dir,
-                          device=device, max_minutes=max_minutes, seed=seed, eval_k=eval_k,
-                          eval_n=eval_n, eval_seed=eval_seed, eval_batch_size=eval_batch_size,
-                          eval_block=eval_block, gemm=gemm, data_dir=data_dir,
-                          download=download, progress=progress, command=command, ds=ds)
+        if ds is None:
+            _log(f"loading {dataset}")
+            ds = load_dataset(dataset, root=data_dir, download=download, seed=seed)
+        n_total, n_test = int(ds.x_train.shape[0]), int(ds.x_test.shape[0])
+        want_eval = eval_n or b.eval_n
+        run = _Run(dataset=dataset, budget=b, run_dir=run_dir, ds=ds,
+                   device=torch.device(device) if device else default_device(),
+                   n_train=n_total if b.n_train is None else min(int(b.n_train), n_total),
+                   n_eval=n_test if want_eval is None else min(int(want_eval), n_test),
+                   eval_k=int(eval_k or b.eval_k), eval_seed=eval_seed,
+                   eval_batch_size=eval_batch_size,
+                   eval_block=eval_block or max(eval_batch_size, 100), seed=seed, gemm=gemm,
+                   progress=progress,
+                   deadline=None if max_minutes is None else t_start + 60.0 * max_minutes)
+        trained = _train_stage(run)
+        if trained is None:
+            return "time limit or signal", None
+        fleet, cfgs, histories = trained
+        evaluated = _eval_stage(run, fleet.models(), fleet_epochs=len(histories[0]))
+        if evaluated is None:
+            return "time limit or signal", None
+        result = _result(run, fleet, cfgs, histories, evaluated, t_start, command)
+        path = write_json_atomic(Path(results_dir) / f"{run_dir.name}.json", result)
+    _print_table(result)
+    return "done", path
 
 
-def _reproduce(dataset: str, b: Budget, run_dir: Path, t_start: float, *, results_dir,
-               device, max_minutes, seed, eval_k, eval_n, eval_seed, eval_batch_size,
-               eval_block, gemm, data_dir, download, progress, command,
-               ds) -> tuple[str, Path | None]:
+@dataclass
+class _Run:
+    """What one ``reproduce`` invocation works on (resolved from its arguments)."""
+
+    dataset: str
+    budget: Budget
+    run_dir: Path
+    ds: Any  # experiments.Dataset
+    device: Any  # torch.device
+    n_train: int
+    n_eval: int
+    eval_k: int
+    eval_seed: int
+    eval_batch_size: int
+    eval_block: int
+    seed: int
+    gemm: str
+    progress: bool
+    deadline: float | None
+
+    def seconds_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.perf_counter()
+
+    @property
+    def is_paper_protocol(self) -> bool:
+        return (self.n_train == self.ds.x_train.shape[0] and self.budget.epochs == PAPER_EPOCHS
+                and self.eval_k == EVAL_K and self.n_eval == self.ds.x_test.shape[0])
+
+
+def _train_stage(run: _Run):
+    """Train the 12 configurations together (resuming from ``run_dir/fleet.pt``) and write
+    each as a run directory under ``run_dir/members``. -> (fleet, configs, histories), or
+    None when it stopped early (state saved)."""
     import torch
 
-    from .checkpoints import load_tensors, save_tensors, write_json_atomic
-    from .evaluate import ACTIVE_UNITS_THRESHOLD, paper_active_units
-    from .experiments import eval_images, load_dataset
-    from .fleet import FLEET_CHECKPOINT, Fleet, StopFlag, log_likelihood_many, table1_configs
-    from .profiles import default_device
-    from .provenance import provenance
+    from .fleet import Fleet, table1_configs
 
-    deadline = None if max_minutes is None else t_start + 60.0 * float(max_minutes)
-    eval_k = int(eval_k or b.eval_k)
-    tag = run_dir.name
-    dev = torch.device(device) if device else default_device()
-
-    def left() -> float | None:
-        return None if deadline is None else deadline - time.perf_counter()
-
-    # ---- data and configurations
-    if ds is None:
-        _log(f"loading {dataset}")
-        ds = load_dataset(dataset, root=data_dir, download=download, seed=seed)
-    n_total = int(ds.x_train.shape[0])
-    n_train = n_total if b.n_train is None else min(int(b.n_train), n_total)
-    cfgs = table1_configs(dataset, epochs=b.epochs, n_train=None if n_train == n_total
-                          else n_train, seed=seed)
-    schedule = cfgs[0].schedule()
-    x_train = ds.x_train[:n_train]
-    n_test_total = int(ds.x_test.shape[0])
-    n_eval = n_test_total if (eval_n or b.eval_n) is None else min(int(eval_n or b.eval_n),
-                                                                    n_test_total)
-
-    # ---- training (resumes from run_dir/fleet.pt)
-    fleet = Fleet.from_configs(cfgs, ds, dev, gemm=gemm)
-    _log(f"{tag}: training {len(cfgs)} configurations together on {n_train} images for "
-         f"{b.epochs} epoch(s) on {dev} (gemm={fleet.gemm}, threads "
-         f"{torch.get_num_threads()}); state in {run_dir}")
-    res = fleet.fit(x_train, schedule=schedule, batch_size=cfgs[0].batch_size,
-                    binarize=ds.binarize, run_dir=run_dir, max_seconds=left(), progress=progress)
+    n_total = int(run.ds.x_train.shape[0])
+    cfgs = table1_configs(run.dataset, epochs=run.budget.epochs, seed=run.seed,
+                          n_train=None if run.n_train == n_total else run.n_train)
+    fleet = Fleet.from_configs(cfgs, run.ds, run.device, gemm=run.gemm)
+    _log(f"{run.run_dir.name}: training {len(cfgs)} configurations together on "
+         f"{run.n_train} images for {run.budget.epochs} epoch(s) on {run.device} "
+         f"(gemm={fleet.gemm}, threads {torch.get_num_threads()}); state in {run.run_dir}")
+    res = fleet.fit(run.ds.x_train[:run.n_train], schedule=cfgs[0].schedule(),
+                    batch_size=cfgs[0].batch_size, binarize=run.ds.binarize,
+                    run_dir=run.run_dir, max_seconds=run.seconds_left(), progress=run.progress)
     if not res.finished:
         _log(f"stopped after epoch {res.epochs_done} (mid-epoch state saved)")
-        return "time limit or signal", None
-    histories = res.history
-    members_dir = run_dir / "members"
-    fleet.save_members(members_dir, cfgs, histories)
+        return None
+    fleet.save_members(run.run_dir / "members", cfgs, res.history)
+    return fleet, cfgs, res.history
 
-    # ---- evaluation: L_k on the first n_eval test images, in blocks, resumable
-    models = fleet.models()
-    x_eval = eval_images(ds, n_eval, eval_seed)
-    eval_path = run_dir / "eval.pt"
-    key = {"eval_k": eval_k, "eval_n": n_eval, "eval_seed": eval_seed,
-           "batch_size": eval_batch_size, "fleet_epochs": res.epochs_done}
-    gens = [torch.Generator(device=dev).manual_seed(eval_seed) for _ in models]
+
+def _eval_stage(run: _Run, models: list, fleet_epochs: int) -> dict | None:
+    """L_k of every model on the first ``n_eval`` test images, in blocks, resumable from
+    ``run_dir/eval.pt``. -> {"ll": [M, n_eval] float64, "seconds": ...}, or None when it
+    stopped early (state saved)."""
+    import torch
+
+    from .checkpoints import load_tensors, save_tensors
+    from .evaluate import log_likelihood_many
+    from .experiments import eval_images
+    from .fleet import StopFlag
+
+    x_eval = eval_images(run.ds, run.n_eval, run.eval_seed)
+    eval_path = run.run_dir / "eval.pt"
+    key = {"eval_k": run.eval_k, "eval_n": run.n_eval, "eval_seed": run.eval_seed,
+           "batch_size": run.eval_batch_size, "fleet_epochs": fleet_epochs}
+    gens = [torch.Generator(device=run.device).manual_seed(run.eval_seed) for _ in models]
     state: dict[str, Any] = {"key": key, "done": 0, "seconds": 0.0,
-                             "ll": torch.full((len(models), n_eval), float("nan"),
+                             "ll": torch.full((len(models), run.n_eval), float("nan"),
                                               dtype=torch.float64)}
     if eval_path.exists():
         saved = load_tensors(eval_path, what="saved evaluation",
@@ -268,115 +259,99 @@ def _reproduce(dataset: str, b: Budget, run_dir: Path, t_start: float, *, result
                 g.set_state(s)
         else:
             _log("the saved evaluation used other settings; evaluating anew")
-    block = eval_block or max(eval_batch_size, 100)
-    if state["done"] < n_eval:
-        _log(f"evaluating L_{eval_k} on test images {state['done']}..{n_eval} "
+    if state["done"] < run.n_eval:
+        _log(f"evaluating L_{run.eval_k} on test images {state['done']}..{run.n_eval} "
              f"({len(models)} models at once)")
     last_block_s = 0.0
     with StopFlag() as stop:
-        while state["done"] < n_eval:
-            rem = left()
+        while state["done"] < run.n_eval:
+            rem = run.seconds_left()
             if stop.requested or (rem is not None and rem < 1.25 * last_block_s + 5):
-                _log(f"stopped the evaluation at {state['done']}/{n_eval} test images")
-                return "time limit or signal", None
-            b0, b1 = state["done"], min(state["done"] + block, n_eval)
+                _log(f"stopped the evaluation at {state['done']}/{run.n_eval} test images")
+                return None
+            b0, b1 = state["done"], min(state["done"] + run.eval_block, run.n_eval)
             t0 = time.perf_counter()
-            ll = log_likelihood_many(models, x_eval, eval_k, batch_size=eval_batch_size,
-                                     generators=gens, start=b0, stop=b1, gemm=gemm)
+            ll = log_likelihood_many(models, x_eval, run.eval_k,
+                                     batch_size=run.eval_batch_size, generators=gens,
+                                     start=b0, stop=b1, gemm=run.gemm)
             state["ll"][:, b0:b1] = ll[:, b0:b1]
             last_block_s = time.perf_counter() - t0
             state.update(done=b1, seconds=state["seconds"] + last_block_s,
                          rng=[g.get_state() for g in gens])
             save_tensors(eval_path, state)
-            if progress:
-                _log(f"  L_{eval_k}: {b1}/{n_eval} test images ({last_block_s:.1f} s for this "
-                     "block)")
+            if run.progress:
+                _log(f"  L_{run.eval_k}: {b1}/{run.n_eval} test images ({last_block_s:.1f} s "
+                     "for this block)")
+    return state
 
-    # ---- active units: first 500 training images, binarized once (the authors' code)
+
+def _result(run: _Run, fleet, cfgs: list, histories: list, evaluated: dict, t_start: float,
+            command: list[str] | None) -> dict[str, Any]:
+    """The table file: the protocol, one record per configuration (the one result schema,
+    :func:`iwae_tutorial.results.model_record`), wall times, trainer and provenance."""
+    import torch
+
+    from .evaluate import ACTIVE_UNITS_THRESHOLD, paper_active_units
+    from .fleet import FLEET_CHECKPOINT
+    from .provenance import provenance
+    from .results import evaluation_fields, model_record
+
+    ds = run.ds
     t0 = time.perf_counter()
-    au = []
-    for m in models:
-        counted, n_au = paper_active_units(m, ds.x_train, ds.binarize, eval_seed)
-        au.append(counted.counts)
+    counted = [paper_active_units(m, ds.x_train, ds.binarize, run.eval_seed)
+               for m in fleet.models()]
     t_au = time.perf_counter() - t0
-
-    # ---- the result file
+    n_au = counted[0][1]
     train_s = float(sum(h["seconds"] for h in histories[0]))
-    nll = -state["ll"]  # [M, n_eval]
-    configurations = []
-    for i, c in enumerate(cfgs):
-        h = histories[i]
-        v = nll[i]
-        paper = paper_numbers(dataset, c.objective, c.k, len(c.layers))
-        mean = float(v.mean())
-        configurations.append({
-            "name": c.name,
-            "objective": c.objective,
-            "k": c.k,
-            "stochastic_layers": len(c.layers),
-            "layers": c.layers,
-            "seed": c.seed,
-            "nll": mean,
-            "nll_stderr": float(v.std() / math.sqrt(len(v))) if len(v) > 1 else None,
-            "eval_k": eval_k,
-            "eval_n": n_eval,
-            "active_units": list(au[i]),
-            "active_units_total": int(sum(au[i])),
-            "train_bound": float(h[-1]["train_bound"]),
-            "train_bound_per_epoch": [float(e["train_bound"]) for e in h],
-            "epochs": int(h[-1]["epoch"]),
-            "wall_time_s": {"train": train_s, "eval_nll": float(state["seconds"]),
-                            "note": "the 12 configurations train and are evaluated together; "
-                                    "these are the fleet's times, shared by all of them"},
-            "paper": paper,
-            "gap_to_paper_nll": (mean - paper["nll"]) if paper["nll"] is not None else None,
-            "run_dir": str(members_dir / c.name),
-        })
-    is_paper = (n_train == n_total and b.epochs == PAPER_EPOCHS and eval_k == 5000
-                and n_eval == n_test_total)
-    result = {
-        "dataset": dataset,
-        "budget": b.name,
+    shared_s = {"train": train_s, "eval_nll": float(evaluated["seconds"]),
+                "note": "the 12 configurations train and are evaluated together; these are "
+                        "the fleet's times, shared by all of them"}
+    n_test_total = int(ds.x_test.shape[0])
+    configurations = [
+        model_record(asdict(c), run.dataset, histories[i],
+                     evaluation_fields(evaluated["ll"][i], k=run.eval_k, n_total=n_test_total,
+                                       seed=run.eval_seed, binarized=ds.binarize,
+                                       active_units=counted[i][0], active_units_n=n_au,
+                                       threshold=ACTIVE_UNITS_THRESHOLD),
+                     wall_time_s=shared_s, run_dir=str(run.run_dir / "members" / c.name))
+        for i, c in enumerate(cfgs)]
+    schedule = cfgs[0].schedule()
+    assert schedule_epochs(schedule) == run.budget.epochs
+    first = configurations[0]
+    return {
+        "dataset": run.dataset,
+        "budget": run.budget.name,
         "status": "complete",
         "protocol": {
-            "budget_definition": b.description,
-            "is_paper_protocol": is_paper,
-            "n_train": n_train,
-            "n_train_total": n_total,
-            "epochs": b.epochs,
+            "budget_definition": run.budget.description,
+            "is_paper_protocol": run.is_paper_protocol,
+            "n_train": run.n_train,
+            "n_train_total": int(ds.x_train.shape[0]),
+            "epochs": run.budget.epochs,
             "paper_epochs": PAPER_EPOCHS,
             "schedule": [asdict(s) for s in schedule],
             "batch_size": cfgs[0].batch_size,
             "optimizer": "Adam(betas=(0.9, 0.999), eps=1e-4)",
             "binarization": "dynamic (fresh Bernoulli draw per use)" if ds.binarize
                             else "none",
-            "eval_k": eval_k,
-            "eval_n": n_eval,
-            "eval_n_total": n_test_total,
-            "eval_subset": ("all test images" if n_eval == n_test_total
-                            else f"the first {n_eval} of the {n_test_total} test images"),
-            "eval_seed": eval_seed,
-            "test_binarization": (f"one fixed Bernoulli draw (CPU generator seed {eval_seed})"
-                                  if ds.binarize else "none"),
+            **{key: first[key] for key in ("eval_k", "eval_n", "eval_n_total", "eval_subset",
+                                           "eval_seed", "test_binarization")},
             "active_units": {"n": n_au, "threshold": ACTIVE_UNITS_THRESHOLD,
                              "data": f"the first {n_au} training images, binarized once "
-                                     f"(seed {eval_seed + 1}); layer 2 conditioned on one "
+                                     f"(seed {run.eval_seed + 1}); layer 2 conditioned on one "
                                      "sample of layer 1"},
-            "seed": seed,
+            "seed": run.seed,
         },
         "configurations": configurations,
-        "wall_time_s": {"train": train_s, "eval_nll": float(state["seconds"]),
+        "wall_time_s": {"train": train_s, "eval_nll": float(evaluated["seconds"]),
                         "active_units": t_au, "this_invocation": time.perf_counter() - t_start},
         "trainer": {"module": "iwae_tutorial.fleet", "gemm": fleet.gemm,
-                    "cuda_graph": dev.type == "cuda", "torch_threads": torch.get_num_threads(),
-                    "checkpoint": str(run_dir / FLEET_CHECKPOINT)},
-        "provenance": provenance(command=command, device=dev,
+                    "cuda_graph": run.device.type == "cuda",
+                    "torch_threads": torch.get_num_threads(),
+                    "checkpoint": str(run.run_dir / FLEET_CHECKPOINT)},
+        "provenance": provenance(command=command, device=run.device,
                                  wall_seconds=time.perf_counter() - t_start),
     }
-    assert schedule_epochs(schedule) == b.epochs
-    path = write_json_atomic(Path(results_dir) / f"{tag}.json", result)
-    _print_table(result)
-    return "done", path
 
 
 def _print_table(result: dict) -> None:

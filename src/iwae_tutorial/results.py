@@ -1,5 +1,12 @@
-"""Reading the result files written by ``python -m iwae_tutorial reproduce`` and laying them out
-as the paper's Table 1 (test NLL and active units, VAE/IWAE x k x stochastic layers)."""
+"""The one result schema, written and read here, and the paper's Table 1 laid out from it.
+
+Every trained model is recorded the same way, by :func:`model_record`: in the ``result.json`` of
+``train``, the ``eval.json`` of ``evaluate`` and each entry of ``configurations`` in the table
+files of ``reproduce``. Its evaluation fields come from :func:`evaluation_fields`. Files
+written before this schema (keys ``test_nll``, ``test_nll_stderr``, ``wall_seconds``,
+``epochs_done``, ``final_train_bound``, ``run_name``) are read through :func:`read_record`,
+the one place that knows the old names; their provenance is kept as it is.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +15,119 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_result", "find_results", "table1_cells", "table1_markdown",
+from .paper import PAPER_EPOCHS, TABLE1_KS, paper_numbers
+
+__all__ = ["SCHEMA", "model_record", "evaluation_fields", "read_record", "read_run_result",
+           "load_result", "find_results", "table1_cells", "table1_markdown",
            "active_units_markdown", "provenance_markdown", "gap_summary"]
 
+SCHEMA = "iwae-tutorial/result-1"
+#: old key -> key of the one schema (files written before it)
+_OLD_KEYS = {"test_nll": "nll", "test_nll_stderr": "nll_stderr", "wall_seconds": "wall_time_s",
+             "epochs_done": "epochs", "final_train_bound": "train_bound", "run_name": "name"}
+
 _REQUIRED = ("dataset", "budget", "protocol", "configurations", "provenance")
-KS = (1, 5, 50)
+KS = TABLE1_KS
 ROWS = (("vae", 1), ("iwae", 1), ("vae", 2), ("iwae", 2))
+
+
+def evaluation_fields(log_likelihood: Any, *, k: int, n_total: int, seed: int,
+                      binarized: bool, active_units: Any, active_units_n: int,
+                      threshold: float) -> dict[str, Any]:
+    """The evaluation part of a record: test NLL = -mean L_k over the first n test images
+    (binarized once with ``seed`` when ``binarized``), its standard error, and the active
+    units counted the paper's way (see :func:`iwae_tutorial.evaluate.paper_active_units`).
+
+    log_likelihood: [n] float64 per-image L_k; active_units: an ``ActiveUnits``.
+    """
+    nll = -log_likelihood
+    n = int(nll.shape[0])
+    return {
+        "nll": float(nll.mean()),
+        "nll_stderr": float(nll.std() / math.sqrt(n)) if n > 1 else None,
+        "eval_k": int(k),
+        "eval_n": n,
+        "eval_n_total": int(n_total),
+        "eval_subset": ("all test images" if n == n_total
+                        else f"the first {n} of the {n_total} test images"),
+        "eval_seed": int(seed),
+        "test_binarization": (f"one fixed Bernoulli draw (CPU generator seed {seed})"
+                              if binarized else "none"),
+        "active_units": list(active_units.counts),
+        "active_units_total": int(sum(active_units.counts)),
+        "active_units_variances": [v.tolist() for v in active_units.variances],
+        "active_units_n": int(active_units_n),
+        "active_units_threshold": float(threshold),
+    }
+
+
+def model_record(config: dict[str, Any], dataset: str, history: list[dict],
+                 evaluation: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """One trained model, as every result file records it.
+
+    Args:
+        config: the model's :class:`~iwae_tutorial.experiments.RunConfig` as a dict.
+        dataset: the data set's name.
+        history: the per-epoch log of training (``epoch``, ``train_bound``, ...).
+        evaluation: :func:`evaluation_fields`, or None when it was not evaluated.
+        extra: more fields (``wall_time_s``, ``device``, ``run_dir``, ...).
+    """
+    layers = [list(s) for s in config["layers"]]
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "name": f"{config.get('dataset', dataset)}-{config['objective']}-k{config['k']}-"
+                f"{len(layers)}L-s{config['seed']}",
+        "dataset": dataset,
+        "config": dict(config),
+        "objective": config["objective"],
+        "k": int(config["k"]),
+        "stochastic_layers": len(layers),
+        "layers": layers,
+        "seed": int(config["seed"]),
+        "epochs": int(history[-1]["epoch"]) if history else 0,
+        "train_bound": float(history[-1]["train_bound"]) if history else None,
+        "train_bound_per_epoch": [float(h["train_bound"]) for h in history],
+        "nll": None, "nll_stderr": None, "eval_k": None, "eval_n": None,
+        "active_units": None,
+    }
+    if evaluation is not None:
+        record.update(evaluation)
+    paper = paper_numbers(dataset, record["objective"], record["k"], len(layers))
+    record["paper"] = paper
+    record["gap_to_paper_nll"] = (record["nll"] - paper["nll"]
+                                  if record["nll"] is not None and paper["nll"] is not None
+                                  else None)
+    record.update(extra)
+    return record
+
+
+def read_record(record: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
+    """A model record in the one schema, whether it was written in it or before it: old key
+    names mapped, and the paper's numbers (quoted constants, not measurements) taken from
+    :mod:`iwae_tutorial.paper`; the measurements and the provenance are kept as written."""
+    out = {_OLD_KEYS.get(k, k): v for k, v in record.items()}
+    if "objective" not in out and "config" in out:
+        cfg = out["config"]
+        out.update(objective=cfg["objective"], k=cfg["k"], layers=cfg["layers"],
+                   stochastic_layers=len(cfg["layers"]), seed=cfg["seed"])
+    dataset = dataset or out.get("dataset")
+    if dataset is not None and "objective" in out:
+        paper = paper_numbers(dataset, out["objective"], int(out["k"]),
+                              int(out.get("stochastic_layers", len(out["layers"]))))
+        out["paper"] = paper
+        out["gap_to_paper_nll"] = (out["nll"] - paper["nll"] if out.get("nll") is not None
+                                   and paper["nll"] is not None else None)
+    return out
+
+
+def read_run_result(path: str | Path) -> dict[str, Any]:
+    """The ``result.json`` of ``train`` or the ``eval.json`` of ``evaluate``, in the one
+    schema."""
+    path = Path(path)
+    try:
+        return read_record(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read the result file {path}: {e}") from e
 
 
 def load_result(path: str | Path) -> dict[str, Any]:
@@ -26,6 +140,8 @@ def load_result(path: str | Path) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in result]
     if missing:
         raise ValueError(f"{path} is not a result of `iwae_tutorial reproduce` (no {missing})")
+    result["configurations"] = [read_record(c, result["dataset"])
+                                for c in result["configurations"]]
     result["_path"] = str(path)
     return result
 
@@ -104,7 +220,7 @@ def provenance_markdown(result: dict[str, Any]) -> str:
     return (
         f"**{result['dataset']}, budget `{result['budget']}`**: {p['budget_definition']}. "
         f"{'This is' if p.get('is_paper_protocol') else 'This is **not**'} the paper's "
-        f"protocol ({p['epochs']} of {p.get('paper_epochs', 3280)} epochs on "
+        f"protocol ({p['epochs']} of {p.get('paper_epochs', PAPER_EPOCHS)} epochs on "
         f"{p['n_train']} training images; NLL by L_{p['eval_k']} on {p['eval_subset']}). "
         f"Written by `{cmd}` at commit `{str(prov.get('git_commit', '?'))[:12]}`{dirty} "
         f"with torch {prov.get('torch_version', '?')} on {prov.get('device_name', '?')} "

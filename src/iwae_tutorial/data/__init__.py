@@ -21,17 +21,20 @@ Data directories are searched in this order (:func:`data_search_dirs`):
 Each file is taken from the first directory whose copy is good (checksum and format); a bad
 copy in an earlier directory is skipped with a :class:`DataWarning` naming it. A file that is
 found nowhere is downloaded (when ``download=True``, i.e. without ``--no-download``, and a
-public source exists) into the first *writable* directory of that list: it is written to a
-temporary file next to its final name, fsync'ed, its checksum is verified, and only then is it
-renamed atomically with :func:`os.replace`. A failed or corrupt download never leaves a file
-behind; the temporary file of a killed download is removed by a later download of that file.
+public source exists) into the first *writable* directory of that list: its checksum is
+verified in memory, and only then is it written by the project's one atomic writer (a
+temporary file next to its final name, fsync, :func:`os.replace`). A failed or corrupt download
+never leaves a file behind; the temporary file of a killed write is removed by a later
+download of that file.
 
 Every problem (missing, unreadable, truncated or corrupt file, failed download, checksum
 mismatch) raises a single :class:`DataError` whose one-line message names the file, the
 directories searched and how to fix it.
 
 Modules: :mod:`.files` (lookup, download, checksums), :mod:`.mnist`, :mod:`.omniglot`,
-:mod:`.camel`. Everything public is importable from here.
+:mod:`.camel` (files to tensors), and :mod:`.datasets`: the one :class:`Dataset` type the
+models train and are scored on (train / valid / test), loaded by name with
+:func:`load_dataset`. Everything public is importable from here.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from .camel import (
     camel_log_prob,
     camel_sample,
 )
+from .datasets import DATASETS, Dataset, load_dataset
 from .files import (
     APP_NAME,  # noqa: F401
     DOWNLOAD_TIMEOUT_S,  # noqa: F401
@@ -85,6 +89,9 @@ from .omniglot import (
 )
 
 __all__ = [
+    "DATASETS",
+    "Dataset",
+    "load_dataset",
     "DataError",
     "DataWarning",
     "data_search_dirs",

@@ -1,0 +1,105 @@
+"""The package's layout: every import points down (no cycle, function-level imports included),
+no module over 700 lines, no importlib indirection between the package's modules.
+
+Run on its own as a report: ``python tests/test_layout.py`` prints the import graph.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import iwae_tutorial
+
+PKG_DIR = Path(iwae_tutorial.__file__).parent
+PKG = PKG_DIR.name
+MAX_LINES = 700
+
+
+def module_name(path: Path) -> str:
+    parts = [PKG, *path.relative_to(PKG_DIR).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """{module: package modules it imports anywhere in its source (module or function level)}"""
+    files = sorted(PKG_DIR.rglob("*.py"))
+    modules = {module_name(f) for f in files}
+    graph: dict[str, set[str]] = {}
+    for f in files:
+        mod = module_name(f)
+        package = mod if f.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[:len(base) - (node.level - 1)]
+                    stem = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    stem = node.module or ""
+                names = [f"{stem}.{a.name}" for a in node.names] + [stem]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                while name and name not in modules and "." in name:
+                    name = name.rsplit(".", 1)[0]
+                if name in modules and name != mod:
+                    targets.add(name)
+                    break  # the most specific module this import names
+        graph[mod] = targets
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle (a list of modules, first == last), or None."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                return path[path.index(t):] + [t]
+            if t not in state and (found := visit(t)):
+                return found
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_no_module_over_700_lines():
+    long = {str(p.relative_to(PKG_DIR)): n for p in PKG_DIR.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
+
+
+def test_no_importlib_between_package_modules():
+    users = [str(p.relative_to(PKG_DIR)) for p in PKG_DIR.rglob("*.py")
+             if "importlib" in p.read_text() and "import_module" in p.read_text()]
+    assert not users, users
+
+
+if __name__ == "__main__":  # the graph, bottom-up
+    g = import_graph()
+    for m in sorted(g, key=lambda m: (len(g[m]), m)):
+        below = ", ".join(sorted(t[len(PKG) + 1:] or PKG for t in g[m]))
+        print(f"{m[len(PKG) + 1:] or PKG:22s} -> {below}")
+    print("cycle:", find_cycle(g))
