@@ -1,6 +1,8 @@
-"""The chapters are stored without outputs, open on Colab, and are all in the table of contents."""
+"""The chapters are stored without outputs, open on Colab, are all in the table of contents, and
+glue their numbers under keys named after their own chapter."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,49 @@ def test_first_cell_installs_the_package_on_colab(path):
 def test_notebook_is_in_the_table_of_contents(path):
     listed = {f.rsplit(".", 1)[0] for f in toc_files()}
     assert f"notebooks/{path.stem}" in listed, f"{path.name} is missing from _toc.yml"
+
+
+GLUE_CALL = re.compile(r"""\bglue\(\s*(f?)(["'])(.*?)\2""")
+GLUE_REF = re.compile(r"\{glue(?::\w+)?\}`([^`:]+)")
+
+
+def glued_keys(nb: dict) -> list[re.Pattern]:
+    """The keys a chapter's code glues, as patterns (an f-string's fields match any text)."""
+    out = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        for f, _, key in GLUE_CALL.findall("".join(cell["source"])):
+            parts = re.split(r"\{[^{}]*\}", key) if f else [key]
+            out.append(re.compile(".+".join(re.escape(part) for part in parts)))
+    return out
+
+
+def referenced_keys(nb: dict) -> set[str]:
+    """The keys a chapter's text shows with ``{glue:text}`` (or ``{glue}``)."""
+    return {key for cell in nb["cells"] if cell["cell_type"] == "markdown"
+            for key in GLUE_REF.findall("".join(cell["source"]))}
+
+
+def test_the_glue_scan_reads_keys():
+    nb = {"cells": [
+        {"cell_type": "code", "source": ['glue("ch1_a", 1)\n', 'glue(f"ch1_{n}_b", 2)']},
+        {"cell_type": "markdown", "source": ["{glue:text}`ch1_a:.2f` and {glue:text}`ch1_x_b`"]},
+    ]}
+    assert [p.pattern for p in glued_keys(nb)] == ["ch1_a", "ch1_.+_b"]
+    assert referenced_keys(nb) == {"ch1_a", "ch1_x_b"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_glue_keys_carry_the_chapter_number(path):
+    """``NN_name.ipynb`` glues ``chN_*`` keys only, and its text refers to no other key."""
+    nb = json.loads(path.read_text())
+    prefix = f"ch{int(path.name[:2])}_"
+    glued = glued_keys(nb)
+    bad = [p.pattern for p in glued if not p.pattern.startswith(re.escape(prefix))]
+    assert not bad, f"{path.name} glues keys without the prefix {prefix}: {bad}"
+    refs = referenced_keys(nb)
+    assert all(k.startswith(prefix) for k in refs), sorted(k for k in refs
+                                                           if not k.startswith(prefix))
+    missing = sorted(k for k in refs if not any(p.fullmatch(k) for p in glued))
+    assert not missing, f"{path.name} shows keys it never glues: {missing}"

@@ -1,12 +1,15 @@
-"""Small conveniences shared by the chapters: seeding, device, figure style, and ``glue``.
+"""Small conveniences shared by the chapters: seeding, device, figure style, ``glue``, and
+``show_source`` (the package's own code, shown in the chapter that teaches it).
 
 Every chapter starts with ``device = setup_notebook(seed=0)``.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import random
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -14,7 +17,7 @@ import torch
 
 from .profiles import current_profile, default_device
 
-__all__ = ["setup_notebook", "glue"]
+__all__ = ["setup_notebook", "glue", "show_source"]
 
 
 def setup_notebook(seed: int = 0, verbose: bool = True) -> torch.device:
@@ -52,3 +55,20 @@ def glue(name: str, value: Any, display: bool = False) -> Any:
         return value
     _glue(name, value, display=display)
     return value
+
+
+def show_source(*objs: Any) -> Any:
+    """The source code of one or more functions, classes or methods of the package, as a
+    highlighted Python block: ``show_source(bounds.iwae_bound)`` as the last line of a cell.
+
+    Returns an ``IPython.display.Code`` object, which renders in Jupyter, on Colab and in the
+    built book (as HTML); the code is read from the installed package with
+    :func:`inspect.getsource`, so it is always the code that runs. A method's indentation is
+    removed; several objects are shown one after the other.
+    """
+    from IPython.display import Code
+
+    if not objs:
+        raise TypeError("show_source() needs at least one function, class or method")
+    parts = [textwrap.dedent(inspect.getsource(obj)).rstrip() for obj in objs]
+    return Code("\n\n\n".join(parts) + "\n", language="python")

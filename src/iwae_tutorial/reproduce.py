@@ -24,7 +24,7 @@ per configuration, the paper's number, so that a short run is never mistaken for
 
 Stopping and resuming: everything lives in ``runs/reproduce/<dataset>-<budget>/``: the fleet
 checkpoint (written every epoch, and mid-epoch when stopping), the finished members (one run
-directory each, readable by :func:`iwae_tutorial.experiments.load_run`) and the progress of
+directory each, readable by :func:`iwae_tutorial.runs.load_run`) and the progress of
 the evaluation (written after every block of test images). Running the same command again
 continues where it stopped. ``--max-minutes M`` stops cleanly before M minutes (exit status
 75: "not finished, run me again"); SIGTERM or Ctrl-C stop at the end of the current step or

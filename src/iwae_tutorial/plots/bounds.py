@@ -1,4 +1,4 @@
-"""Figures of chapter 2 (from the ELBO to the IWAE bound): bounds against k, their spread,
+"""Figures of chapter 1 (from the ELBO to the IWAE bound): bounds against k, their spread,
 normalised importance weights and the gradient identity.
 
 Every function draws on a given matplotlib ``Axes`` (or a new figure when ``ax`` is None) and
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from matplotlib.axes import Axes
 
+from . import style
 from ._util import get_axes as _ax
 from ._util import to_numpy as _np
 
@@ -25,12 +26,6 @@ __all__ = [
     "plot_densities_1d",
     "plot_gradient_check",
 ]
-
-IWAE_COLOR = "C0"
-ELBO_COLOR = "C1"
-TRUTH_COLOR = "black"
-
-
 
 
 def plot_bound_vs_k(
@@ -48,8 +43,8 @@ def plot_bound_vs_k(
     """
     ax = _ax(ax)
     ks = np.array(sorted(estimates))
-    for key, color, label in (("iwae", IWAE_COLOR, r"$\mathcal{L}_k$ (IWAE bound)"),
-                              ("elbo", ELBO_COLOR, "k-sample ELBO")):
+    for key, color, label in (("iwae", style.IWAE, r"$\mathcal{L}_k$ (IWAE bound)"),
+                              ("elbo", style.VAE, "k-sample ELBO")):
         vals = [_np(estimates[k][key]) for k in ks]
         mean = np.array([v.mean() for v in vals])
         se = np.array([v.std(ddof=1) / np.sqrt(len(v)) for v in vals])
@@ -58,9 +53,9 @@ def plot_bound_vs_k(
         ax.fill_between(ks, lo, hi, color=color, alpha=0.15, lw=0)
         ax.errorbar(ks, mean, yerr=2 * se, color=color, marker="o", ms=4, capsize=2,
                     label=f"{label}: mean, 10-90% band")
-    ax.axhline(log_px, color=TRUTH_COLOR, ls="--", lw=1.2, label=r"exact $\log p(x)$")
+    ax.axhline(log_px, color=style.TRUTH, ls="--", lw=1.2, label=r"exact $\log p(x)$")
     if exact_elbo is not None:
-        ax.axhline(exact_elbo, color=ELBO_COLOR, ls=":", lw=1.2, label="exact ELBO")
+        ax.axhline(exact_elbo, color=style.VAE, ls=":", lw=1.2, label="exact ELBO")
     ax.set_xscale("log")
     ax.set_xlabel("number of samples k")
     ax.set_ylabel("nats")
@@ -90,7 +85,7 @@ def plot_bound_histograms(
     if xlim is None:
         xlim = (float(np.quantile(allv, 0.005)), float(max(np.quantile(allv, 0.999), log_px)))
     edges = np.linspace(xlim[0], xlim[1], bins + 1)
-    cmap = plt.get_cmap("viridis")
+    cmap = plt.get_cmap(style.SEQUENCE_CMAP)
     for i, k in enumerate(ks):
         v = _np(estimates[k][key])
         inside = (v >= xlim[0]) & (v <= xlim[1])
@@ -98,7 +93,7 @@ def plot_bound_histograms(
         ax.hist(v[inside], bins=edges, weights=np.full(int(inside.sum()), 1 / len(v)),
                 histtype="stepfilled", alpha=0.35, color=cmap(i / max(1, len(ks) - 1)),
                 label=f"k = {k}" + _outside(1 - float(inside.mean())))
-    ax.axvline(log_px, color=TRUTH_COLOR, ls="--", lw=1.2, label=r"$\log p(x)$")
+    ax.axvline(log_px, color=style.TRUTH, ls="--", lw=1.2, label=r"$\log p(x)$")
     ax.set_xlim(*xlim)
     ax.set_xlabel("single estimate (nats)")
     ax.set_ylabel("fraction of estimates per bin")
@@ -114,14 +109,14 @@ def _outside(share: float) -> str:
 
 
 def plot_weights(weights: torch.Tensor, ess: float, *, ax: Axes | None = None,
-                 title: str = "", color: str = IWAE_COLOR) -> Axes:
+                 title: str = "", color: str = style.IWAE) -> Axes:
     """The normalised weights w~_i of one draw of k samples, sorted, with 1/k for reference
     and the effective sample size in the title."""
     ax = _ax(ax)
     w = np.sort(_np(weights))[::-1]
     k = len(w)
     ax.bar(np.arange(1, k + 1), w, color=color, width=0.8)
-    ax.axhline(1 / k, color=TRUTH_COLOR, ls="--", lw=1, label="1/k (all samples equal)")
+    ax.axhline(1 / k, color=style.REFERENCE, ls="--", lw=1, label="1/k (all samples equal)")
     ax.set_xlabel("sample (sorted by weight)")
     ax.set_ylabel(r"normalised weight $\tilde w_i$")
     ax.set_title(f"{title}ESS = {ess:.1f} of k = {k}")
@@ -149,15 +144,20 @@ def plot_densities_1d(
 
 
 def plot_gradient_check(names: Sequence[str], grads: Mapping[str, torch.Tensor], *,
+                        colors: Sequence[str | None] | None = None,
                         ax: Axes | None = None) -> Axes:
-    """Grouped bars: one group per parameter, one bar per way of computing the gradient."""
+    """Grouped bars: one group per parameter, one bar per way of computing the gradient
+    (``colors``: one per entry of ``grads``, in order; default: the colour cycle)."""
     ax = _ax(ax, figsize=(8, 3.5))
     n, m = len(names), len(grads)
     width = 0.8 / m
     x = np.arange(n)
-    for j, (label, g) in enumerate(grads.items()):
-        ax.bar(x + (j - (m - 1) / 2) * width, _np(g), width=width, label=label)
-    ax.axhline(0, color="grey", lw=0.8)
+    colors = list(colors) if colors is not None else [None] * m
+    if len(colors) != m:
+        raise ValueError(f"{m} gradients but {len(colors)} colours")
+    for j, ((label, g), color) in enumerate(zip(grads.items(), colors)):
+        ax.bar(x + (j - (m - 1) / 2) * width, _np(g), width=width, label=label, color=color)
+    ax.axhline(0, color=style.REFERENCE, lw=0.6)
     ax.set_xticks(x)
     ax.set_xticklabels([s.replace(".weight", ".w").replace(".bias", ".b") for s in names],
                        rotation=30, ha="right", fontsize=8)

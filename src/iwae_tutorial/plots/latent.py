@@ -3,7 +3,8 @@ interpolations): image grids, the encoded data coloured by class, true posterior
 q(z | x), and an interactive "z picker".
 
 Every plotting function draws on a given matplotlib ``Axes`` (or a new figure when ``ax`` is
-None) and returns what it drew on; the numbers come from :mod:`iwae_tutorial.latent`.
+None) and returns what it drew on; the numbers come from :mod:`iwae_tutorial.latent`, the
+colours from :mod:`iwae_tutorial.plots.style`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from matplotlib.axes import Axes
 
 from ..latent import LatentGrid
+from . import style
 from ._util import get_axes
 from ._util import to_numpy as _np
 
@@ -29,11 +31,6 @@ __all__ = [
     "posterior_window",
     "z_picker",
 ]
-
-IWAE_COLOR = "C0"
-VAE_COLOR = "C1"
-
-
 
 
 def tile_images(images: torch.Tensor | np.ndarray, ncol: int | None = None, pad: int = 1,
@@ -65,7 +62,8 @@ def plot_image_grid(images: torch.Tensor | np.ndarray, ncol: int | None = None, 
                     title: str | None = None, ax: Axes | None = None) -> Axes:
     """Show images ([n, 784] or [rows, cols, 784]) as one tiled picture, dark ink on white."""
     ax = get_axes(ax, (5, 5))
-    ax.imshow(tile_images(images, ncol), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(tile_images(images, ncol), cmap=style.IMAGE_CMAP, vmin=0, vmax=1,
+              interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -85,7 +83,7 @@ def plot_image_rows(rows: Mapping[str, torch.Tensor | np.ndarray], *,
                              figsize=figsize or (min(1.0 * n, 14), 1.15 * len(labels)),
                              squeeze=False)
     for ax, label in zip(axes[:, 0], labels):
-        ax.imshow(tile_images(rows[label], ncol=n), cmap="gray", vmin=0, vmax=1,
+        ax.imshow(tile_images(rows[label], ncol=n), cmap=style.IMAGE_CMAP, vmin=0, vmax=1,
                   interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -106,7 +104,7 @@ def plot_manifold(images: torch.Tensor, span: float, *, title: str | None = None
     n = images.shape[0]
     pic = tile_images(images, pad=0)
     half = span * n / (n - 1)  # each image is centred on its z
-    ax.imshow(pic, cmap="gray", vmin=0, vmax=1, extent=(-half, half, -half, half),
+    ax.imshow(pic, cmap=style.IMAGE_CMAP, vmin=0, vmax=1, extent=(-half, half, -half, half),
               interpolation="nearest")
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
@@ -121,7 +119,7 @@ def plot_latent_scatter(z: torch.Tensor, labels: torch.Tensor, *, title: str | N
     """The encodings z: [n, 2] coloured by class labels: [n] (digits 0-9)."""
     ax = get_axes(ax, (5, 5))
     z, y = _np(z), _np(labels)
-    cmap = plt.get_cmap("tab10")
+    cmap = plt.get_cmap(style.CLASS_CMAP)
     for c in np.unique(y):
         m = y == c
         ax.scatter(z[m, 0], z[m, 1], s=s, color=cmap(int(c) % 10), label=str(int(c)),
@@ -155,7 +153,7 @@ def posterior_window(post_mean: torch.Tensor, post_cov: torch.Tensor, q_mean: to
 
 def plot_posterior_vs_q(grid: LatentGrid, log_post: torch.Tensor, log_q: torch.Tensor, *,
                         title: str | None = None, ax: Axes | None = None,
-                        q_color: str = "white", levels: Sequence[float] = (0.5, 0.9, 0.99),
+                        q_color: str = style.ON_DARK, levels: Sequence[float] = (0.5, 0.9, 0.99),
                         inset: tuple[LatentGrid, torch.Tensor, torch.Tensor] | None = None
                         ) -> Axes:
     """The true posterior (filled, normalised on the grid) with q's contours on top.
@@ -178,8 +176,8 @@ def plot_posterior_vs_q(grid: LatentGrid, log_post: torch.Tensor, log_q: torch.T
         sub.set_ylabel("")
         for spine in sub.spines.values():
             spine.set_visible(True)
-            spine.set_color("white")
-        ax.indicate_inset_zoom(sub, edgecolor="white")
+            spine.set_color(style.ON_DARK)
+        ax.indicate_inset_zoom(sub, edgecolor=style.ON_DARK)
     if title:
         ax.set_title(title)
     return ax
@@ -191,15 +189,16 @@ def _draw_posterior_vs_q(ax: Axes, grid: LatentGrid, log_post: torch.Tensor,
     shape = grid.shape
     xs, ys = _np(grid.xs), _np(grid.ys)
     p = _np(torch.softmax(log_post.double(), 0)).reshape(shape)
-    ax.imshow(p, origin="lower", extent=grid.extent, cmap="magma", aspect="auto",
+    ax.imshow(p, origin="lower", extent=grid.extent, cmap=style.POSTERIOR_CMAP, aspect="auto",
               interpolation="bilinear")
-    lines = [(p, "black", "solid")]
+    lines = [(p, style.TRUTH, "solid")]
     if log_q is not None:
         lines.append((_np(torch.softmax(log_q.double(), 0)).reshape(shape), q_color, "dashed"))
-    for dens, color, style in lines:
+    for dens, color, linestyle in lines:
         lv = _hdr_levels(dens, levels)
         if len(lv) >= 1:
-            ax.contour(xs, ys, dens, levels=lv, colors=color, linestyles=style, linewidths=1.2)
+            ax.contour(xs, ys, dens, levels=lv, colors=color, linestyles=linestyle,
+                       linewidths=1.2)
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
     ax.set_aspect("equal")
@@ -236,9 +235,9 @@ def z_picker(model, z: torch.Tensor | None = None, labels: torch.Tensor | None =
         if z is not None:
             plot_latent_scatter(z, labels if labels is not None else torch.zeros(len(z)),
                                 ax=axes[0, 0], legend=False, s=2, lim=span)
-            axes[0, 0].plot([z1], [z2], marker="x", color="black", ms=12, mew=3)
+            axes[0, 0].plot([z1], [z2], marker="x", color=style.REFERENCE, ms=12, mew=3)
         ax = axes[0, -1]
-        ax.imshow(1 - img.reshape(28, 28).numpy(), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(1 - img.reshape(28, 28).numpy(), cmap=style.IMAGE_CMAP, vmin=0, vmax=1)
         ax.set_axis_off()
         ax.set_title(f"decoded z = ({z1:.2f}, {z2:.2f})")
         fig.tight_layout()

@@ -1,5 +1,8 @@
-"""Figures of the density-estimation chapter: NLL against k next to the paper, learning
-curves, and the histogram of Var_x E_q[h_j | x] that defines active units."""
+"""Figures of chapter 5 (density estimation): NLL against k next to the paper, learning
+curves, and the histogram of Var_x E_q[h_j | x] that defines active units.
+
+A model's colour says its kind (:mod:`iwae_tutorial.plots.style`: VAE orange, IWAE blue), its
+marker the number of stochastic layers (one: circles, two: squares)."""
 
 from __future__ import annotations
 
@@ -10,13 +13,19 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from ..evaluate import ACTIVE_UNITS_THRESHOLD
 from ..results import KS, ROWS, table1_cells
+from . import style
 from ._util import get_axes
 
 __all__ = ["plot_nll_vs_k", "plot_learning_curves", "plot_unit_variances"]
 
-_STYLE = {("vae", 1): ("tab:blue", "o"), ("iwae", 1): ("tab:red", "o"),
-          ("vae", 2): ("tab:blue", "s"), ("iwae", 2): ("tab:red", "s")}
+_MARKERS = {1: "o", 2: "s"}  # by the number of stochastic layers
+
+
+def _style(objective: str, layers: int) -> tuple[str, str]:
+    """(colour, marker) of a row: the colour of its model kind, the marker of its depth."""
+    return (style.model_color(objective, style.OTHER), _MARKERS.get(int(layers), "."))
 
 
 def plot_nll_vs_k(result: Mapping[str, Any], ax: Axes | None = None,
@@ -25,7 +34,7 @@ def plot_nll_vs_k(result: Mapping[str, Any], ax: Axes | None = None,
     ax = get_axes(ax, (6.5, 4))
     cells = table1_cells(result)
     for obj, layers in ROWS:
-        color, marker = _STYLE[(obj, layers)]
+        color, marker = _style(obj, layers)
         ks = [k for k in KS if (obj, layers, k) in cells]
         if not ks:
             continue
@@ -50,7 +59,7 @@ def plot_learning_curves(result: Mapping[str, Any], ax: Axes | None = None) -> F
     """The training bound per epoch of every configuration."""
     ax = get_axes(ax, (6.5, 4))
     for c in result["configurations"]:
-        color, marker = _STYLE.get((c["objective"], int(c["stochastic_layers"])), ("k", "."))
+        color, marker = _style(c["objective"], c["stochastic_layers"])
         y = c["train_bound_per_epoch"]
         alpha = {1: 0.35, 5: 0.65, 50: 1.0}.get(int(c["k"]), 1.0)
         ax.plot(np.arange(1, len(y) + 1), y, marker=marker, color=color, alpha=alpha,
@@ -62,10 +71,12 @@ def plot_learning_curves(result: Mapping[str, Any], ax: Axes | None = None) -> F
     return ax.figure
 
 
-def plot_unit_variances(variances: Mapping[str, Sequence[Any]], threshold: float = 0.01,
+def plot_unit_variances(variances: Mapping[str, Sequence[Any]],
+                        threshold: float = ACTIVE_UNITS_THRESHOLD,
                         ax: Axes | None = None) -> Figure:
     """Histogram of log10 Var_x E_q[h_j | x] over the units of each named model (all
-    stochastic layers pooled), with the active-unit threshold."""
+    stochastic layers pooled), with the active-unit threshold. A name that starts with a model
+    kind ("VAE k=50", "IWAE k=50") is drawn in that kind's colour."""
     ax = get_axes(ax, (6.5, 4))
     all_v = np.concatenate([np.concatenate([np.asarray(v, dtype=float) for v in layers])
                             for layers in variances.values()])
@@ -74,8 +85,9 @@ def plot_unit_variances(variances: Mapping[str, Sequence[Any]], threshold: float
     bins = np.linspace(min(lo, np.log10(threshold) - 1), hi + 0.1, 40)
     for name, layers in variances.items():
         v = np.concatenate([np.asarray(x, dtype=float) for x in layers])
-        ax.hist(np.log10(np.maximum(v, 1e-12)), bins=bins, histtype="step", lw=1.5, label=name)
-    ax.axvline(np.log10(threshold), color="k", ls="--", lw=1)
+        ax.hist(np.log10(np.maximum(v, 1e-12)), bins=bins, histtype="step", lw=1.5, label=name,
+                color=style.model_color(name))
+    ax.axvline(np.log10(threshold), color=style.REFERENCE, ls="--", lw=1)
     ax.text(np.log10(threshold), ax.get_ylim()[1] * 0.95, f" threshold {threshold}",
             va="top", fontsize=8)
     ax.set_xlabel(r"$\log_{10}\ \mathrm{Var}_x\, E_q[h_j \mid x]$")
