@@ -160,6 +160,28 @@ def model_flops_per_step(layers: list[list[int]], k: int, batch: int = BATCH) ->
     return 2.0 * 3.0 * macs
 
 
+def time_fast(cfgs, device, bias, batch: int, steps: int, peak: float) -> dict:
+    """ms per step of the fast trainer with all 12 at ``batch`` (two timed epochs of ``steps``
+    steps after a warm-up epoch, which includes the CUDA-graph capture), and the projected
+    hours of the full table at that batch."""
+    from iwae_tutorial.fast import fit_fast, projected_hours
+
+    members = [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs]
+    fl = Fleet(build_models(cfgs, device, bias), members)
+    x = torch.rand(batch * steps, X_DIM, generator=torch.Generator().manual_seed(1))
+    fit_fast(fl, x[: batch * min(steps, 20)], epochs=1, batch_size=batch, progress=False)
+    with Timer(device) as t:
+        res = fit_fast(fl, x, epochs=2, batch_size=batch, progress=False)
+    ms = 1e3 * min(h["seconds"] for h in res.history[0]) / steps
+    flops = sum(model_flops_per_step(c.layers, c.k, batch) for c in cfgs)
+    print(f"fast trainer, batch {batch}: {ms:.3f} ms per step of all 12", flush=True)
+    return {"batch_size": batch, "ms_per_fleet_step": ms,
+            "cpu_ms_per_fleet_step": 1e3 * t.cpu / (2 * steps),
+            "projected_full_table_hours": projected_hours(ms, batch),
+            "fraction_of_peak": flops / (ms / 1e3) / peak,
+            "model_gflop_per_step_of_all_12": flops / 1e9}
+
+
 def build_models(cfgs, device, bias):
     models = []
     for c in cfgs:
@@ -179,6 +201,12 @@ def main(argv=None) -> dict:
     p.add_argument("--no-malloc-tuning", action="store_true",
                    help="keep glibc's malloc defaults (by default stacked.tune_malloc() is "
                         "applied to the whole process: plain loops and fleet alike)")
+    p.add_argument("--fast-batches", type=int, nargs="*", default=None, metavar="B",
+                   help="also time the fast trainer (iwae_tutorial.fast: counter-based noise, "
+                        "CUDA-graph blocks) at these batch sizes (default: 20 and 500 on CUDA, "
+                        "none on the CPU)")
+    p.add_argument("--fast-steps", type=int, default=100,
+                   help="steps per timed epoch of the fast trainer (default 100)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="also write the JSON result to FILE")
     args = p.parse_args(argv)
@@ -279,6 +307,11 @@ def main(argv=None) -> dict:
     steps_full = FULL_EPOCHS * STEPS_PER_EPOCH
     result["projected_full_table_hours"] = steps_full * f["ms_per_fleet_step"] / 1e3 / 3600
     result["projected_full_table_hours_plain"] = steps_full * plain_step / 3600
+    fast_batches = args.fast_batches if args.fast_batches is not None else (
+        [20, 500] if device.type == "cuda" else [])
+    if fast_batches:
+        result["fast"] = {str(b): time_fast(cfgs, device, bias, b, args.fast_steps, peak["peak"])
+                          for b in fast_batches}
     result["notes"] = (
         "speedup = fleet throughput / plain loops' combined throughput (configuration-steps "
         "per second, wall time, median over interleaved rounds); speedup_cpu_time uses process "

@@ -55,7 +55,10 @@ else
   record "nbval" 0 "skipped (no notebooks/*.ipynb)"
 fi
 
-# 4. the book, built with the smoke profile and opened page by page in headless Chromium
+# 4. the device job's dry run: the same steps as on a GPU, on the CPU with a tiny budget
+step "gpu-job-dry-run" env OUT="$ROOT/artifacts/gpu-job-dry-run" bash scripts/gpu_job.sh --dry-run
+
+# 5. the book, built with the smoke profile and opened page by page in headless Chromium
 #    (screenshots in artifacts/screenshots/); installs chromium + chromium-driver if missing
 step "browser-install" bash scripts/install_browser.sh
 step "browser" "$PY" -m pytest tests -q -m browser

@@ -85,3 +85,18 @@ def test_smoke_end_to_end_on_mnist(tmp_path):
     d = check_result(tmp_path / "results" / "mnist-smoke.json", "mnist", "smoke", 200, 50, 100)
     assert d["provenance"]["command"][:4] == ["python", "-m", "iwae_tutorial", "reproduce"]
     assert "mnist-iwae-k50-2L-s0" in out.stdout
+
+
+def test_fast_trainer_and_batch_are_named_in_the_protocol(tmp_path):
+    kw = dict(run_root=tmp_path / "runs", results_dir=tmp_path / "res", device="cpu",
+              progress=False, ds=tiny_dataset())
+    status, path = rp.reproduce("mnist", TINY, batch_size=10, trainer="fast", **kw)
+    assert status == "done" and path.name == "mnist-smoke-b10-fast.json"
+    d = check_result(path, "mnist", "smoke", 40, 5, 6)
+    p = d["protocol"]
+    assert (p["batch_size"], p["trainer"], p["name"]) == (10, "fast", "mnist-smoke-b10-fast")
+    assert p["lr_scale"] == pytest.approx(0.5 ** 0.5) and "counter-based" in p["noise"]
+    assert d["configurations"][0]["config"]["batch_size"] == 10
+    assert (tmp_path / "runs" / "mnist-smoke-b10-fast" / "fast-state" / "index.pt").exists()
+    with pytest.raises(ValueError, match="trainer"):
+        rp.reproduce("mnist", TINY, trainer="turbo", **kw)

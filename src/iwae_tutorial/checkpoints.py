@@ -30,8 +30,11 @@ import torch
 __all__ = [
     "CheckpointError", "RunDirLockedError", "write_atomic", "write_json_atomic",
     "write_text_atomic", "save_tensors", "load_tensors", "RunDirLock", "sync_log",
-    "check_writable", "json_text",
+    "check_writable", "json_text", "save_sharded", "load_sharded", "SHARD_BYTES",
 ]
+
+#: the largest file :func:`save_sharded` writes (what comes back from a device command)
+SHARD_BYTES = 16 << 20
 
 
 class CheckpointError(RuntimeError):
@@ -128,6 +131,100 @@ def save_tensors(path: str | os.PathLike[str], state: dict) -> Path:
     """``torch.save(state)`` to ``path`` with :func:`write_atomic`. ``state`` must hold only
     what :func:`load_tensors` reads back: tensors, numbers, strings, None, lists, dicts."""
     return write_atomic(path, lambda f: torch.save(state, f))
+
+
+def _flatten(state: Any, prefix: str, out: dict[str, torch.Tensor]) -> Any:
+    """``state`` with every tensor replaced by its key in ``out`` ({"__tensor__": key})."""
+    if isinstance(state, torch.Tensor):
+        out[prefix] = state.detach().cpu()
+        return {"__tensor__": prefix}
+    if isinstance(state, dict):
+        return {k: _flatten(v, f"{prefix}/{k}", out) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return [_flatten(v, f"{prefix}/{i}", out) for i, v in enumerate(state)]
+    return state
+
+
+def _unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {"__tensor__"}:
+            return tensors[skeleton["__tensor__"]]
+        return {k: _unflatten(v, tensors) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [_unflatten(v, tensors) for v in skeleton]
+    return skeleton
+
+
+def save_sharded(directory: str | os.PathLike[str], state: dict,
+                 max_bytes: int = SHARD_BYTES, max_files: int = 8) -> list[Path]:
+    """Write ``state`` (nested dicts/lists of tensors and plain data) into ``directory`` as
+    shard files of at most ``max_bytes`` each plus ``index.pt`` (at most ``max_files`` files in
+    all), so a run's whole state can travel in pieces of a bounded size.
+
+    Atomic as a whole: the shards of a new save get new names (a generation number), the
+    index is replaced last, and the previous generation's shards are removed after it; a
+    reader (:func:`load_sharded`) sees the old state or the new one. A single tensor larger
+    than ``max_bytes`` is split along its first dimension. Returns the files written.
+    """
+    directory = Path(directory)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, "", tensors)
+    pieces: list[tuple[str, int, torch.Tensor]] = []  # (key, part, tensor)
+    for key, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if nbytes <= max_bytes or t.dim() == 0 or t.shape[0] < 2:
+            pieces.append((key, 0, t))
+            continue
+        rows = max(1, int(t.shape[0] * (max_bytes * 0.95) // nbytes))
+        for part, chunk in enumerate(t.split(rows)):
+            pieces.append((key, part, chunk.clone()))
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    budget = max_bytes - (64 << 10)  # room for torch.save's own bookkeeping
+    for key, part, t in sorted(pieces, key=lambda p: -p[2].numel() * p[2].element_size()):
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > budget:
+            shards.append({})
+            size = 0
+        shards[-1][f"{key}#{part}"] = t
+        size += nbytes
+    if len(shards) + 1 > max_files:
+        raise ValueError(f"the state needs {len(shards) + 1} files of at most {max_bytes} "
+                         f"bytes, more than {max_files}")
+    old = _read_index(directory)
+    generation = (old["generation"] + 1) if old is not None else 0
+    names = [f"shard-{generation}-{i}.pt" for i in range(len(shards))]
+    written = [save_tensors(directory / n, sh) for n, sh in zip(names, shards)]
+    parts = {key: max(p for k, p, _ in pieces if k == key) + 1 for key in tensors}
+    written.append(save_tensors(directory / "index.pt", {
+        "generation": generation, "shards": names, "skeleton": skeleton, "parts": parts}))
+    for p in directory.glob("shard-*.pt"):  # the previous generations
+        if p.name not in names:
+            p.unlink(missing_ok=True)
+    return written
+
+
+def _read_index(directory: Path) -> dict | None:
+    if not (directory / "index.pt").exists():
+        return None
+    return load_tensors(directory / "index.pt", what="state index")
+
+
+def load_sharded(directory: str | os.PathLike[str], map_location: Any = "cpu") -> dict:
+    """Read a state written by :func:`save_sharded` (safely: ``weights_only=True``)."""
+    directory = Path(directory)
+    index = _read_index(directory)
+    if index is None:
+        raise FileNotFoundError(f"no saved state (index.pt) in {directory}")
+    flat: dict[str, torch.Tensor] = {}
+    for name in index["shards"]:
+        flat.update(load_tensors(directory / name, map_location=map_location,
+                                 what="state shard", fix="delete the folder to start afresh"))
+    tensors = {}
+    for key, n_parts in index["parts"].items():
+        chunks = [flat[f"{key}#{i}"] for i in range(n_parts)]
+        tensors[key] = chunks[0] if n_parts == 1 else torch.cat(chunks)
+    return _unflatten(index["skeleton"], tensors)
 
 
 # ------------------------------------------------------------------------------ reading

@@ -219,6 +219,16 @@ def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
                    help="where the result JSON goes (default results)")
     p.add_argument("--restart", action="store_true",
                    help="discard the saved state of this dataset and budget and start anew")
+    p.add_argument("--batch-size", type=_positive_int, default=20, metavar="B",
+                   help="minibatch of every configuration (default 20, the paper's); a larger "
+                        "one scales the paper's learning rates by sqrt(B / 20) and is named in "
+                        "the result file's protocol and name (-bB)")
+    p.add_argument("--trainer", choices=("exact", "fast"), default="exact",
+                   help="exact (default): each member's noise from its own generator, equal to "
+                        "training it alone; fast: counter-based noise and CUDA-graph blocks of "
+                        "steps (iwae_tutorial.fast), for GPUs (named -fast)")
+    p.add_argument("--tf32", action="store_true",
+                   help="TF32 matrix products on CUDA (named -tf32)")
     p.add_argument("--gemm", choices=("auto", "onednn", "bmm"), default="auto",
                    help="matrix-product kernels of the fleet on the CPU (default auto)")
     p.add_argument("--no-malloc-tuning", action="store_true",
@@ -452,13 +462,13 @@ def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .checkpoints import check_writable
-    from .reproduce import EXIT_NOT_FINISHED, reproduce
+    from .reproduce import EXIT_NOT_FINISHED, protocol_tag, reproduce
     from .stacked import tune_malloc
 
     device = _device(args.device)
     _set_threads(args.threads)
-    check_writable(Path(args.results_dir) / f"{args.dataset}-{args.budget}.json",
-                   "--results-dir")
+    tag = protocol_tag(args.dataset, args.budget, args.batch_size, args.trainer, args.tf32)
+    check_writable(Path(args.results_dir) / f"{tag}.json", "--results-dir")
     check_writable(Path(args.run_root) / "probe", "--run-root")  # before any computing
     if not args.no_malloc_tuning:
         tune_malloc()
@@ -468,6 +478,7 @@ def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
         eval_n=args.eval_n, eval_seed=args.eval_seed, eval_batch_size=args.eval_batch_size,
         restart=args.restart, gemm=args.gemm, data_dir=args.data_dir,
         download=not args.no_download, progress=not args.no_progress,
+        batch_size=args.batch_size, trainer=args.trainer, tf32=args.tf32,
         command=["python", "-m", "iwae_tutorial", *argv])
     if status == "done":
         print(f"wrote {path}")

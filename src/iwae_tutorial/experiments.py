@@ -34,6 +34,7 @@ class RunConfig:
     seed: int = 0
     batch_size: int = 20
     lr: float | None = None  # None: the paper's rates; else one constant rate (needs epochs)
+    lr_scale: float = 1.0  # the paper's rates times this (larger batches; see schedule.py)
 
     def __post_init__(self) -> None:
         self.layers = [[int(s) for s in spec] for spec in self.layers]
@@ -41,6 +42,8 @@ class RunConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {DATASETS}")
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
+        if not 0 < self.lr_scale < float("inf"):
+            raise ValueError(f"lr_scale must be a positive number, got {self.lr_scale}")
         if self.lr is not None:
             if not 0 < self.lr < float("inf"):
                 raise ValueError(f"lr must be a positive number, got {self.lr}")
@@ -56,8 +59,8 @@ class RunConfig:
     def schedule(self) -> list[Stage]:
         """The paper's schedule cut to ``epochs``, or ``epochs`` epochs at the constant ``lr``."""
         if self.lr is not None:
-            return [Stage(self.epochs, self.lr)]
-        s = burda_schedule()
+            return [Stage(self.epochs, self.lr * self.lr_scale)]
+        s = burda_schedule(base_lr=1e-3 * self.lr_scale)
         return s if self.epochs is None else truncate_schedule(s, self.epochs)
 
 

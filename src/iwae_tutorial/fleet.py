@@ -110,7 +110,8 @@ class FleetMember:
 
 
 def table1_configs(dataset: str = "mnist", *, epochs: int | None = None,
-                   n_train: int | None = None, seed: int = 0, batch_size: int = 20) -> list:
+                   n_train: int | None = None, seed: int = 0, batch_size: int = 20,
+                   lr_scale: float = 1.0) -> list:
     """The 12 configurations of Table 1 (VAE/IWAE x k in 1, 5, 50 x 1 or 2 stochastic layers),
     as :class:`~iwae_tutorial.experiments.RunConfig`, all with the same ``seed``."""
     from .experiments import RunConfig
@@ -118,7 +119,7 @@ def table1_configs(dataset: str = "mnist", *, epochs: int | None = None,
 
     return [RunConfig(dataset=dataset, objective=objective, k=k,
                       layers=[list(s) for s in ARCHITECTURES[layers]], epochs=epochs,
-                      n_train=n_train, seed=seed, batch_size=batch_size)
+                      n_train=n_train, seed=seed, batch_size=batch_size, lr_scale=lr_scale)
             for layers, objective, k in table1_grid()]
 
 

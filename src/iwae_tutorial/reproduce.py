@@ -44,11 +44,12 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .paper import EVAL_K, PAPER_EPOCHS
-from .schedule import schedule_epochs
+from .schedule import PAPER_BATCH, lr_scale_for_batch, schedule_epochs
 
 if TYPE_CHECKING:
     import torch
@@ -103,6 +104,20 @@ def resolve_budget(text: str) -> Budget:
                   "L_5000 on all test images unless --eval-n says otherwise")
 
 
+def protocol_tag(dataset: str, budget: str, batch_size: int = PAPER_BATCH,
+                 trainer: str = "exact", tf32: bool = False) -> str:
+    """The name of a run and of its result file: ``<dataset>-<budget>`` plus what differs
+    from the paper's protocol (``-b<batch>``, ``-fast``, ``-tf32``)."""
+    tag = f"{dataset}-{budget}"
+    if batch_size != PAPER_BATCH:
+        tag += f"-b{batch_size}"
+    if trainer != "exact":
+        tag += f"-{trainer}"
+    if tf32:
+        tag += "-tf32"
+    return tag
+
+
 def _log(msg: str) -> None:
     print(f"[reproduce {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -129,8 +144,16 @@ def reproduce(
     progress: bool = True,
     command: list[str] | None = None,
     ds=None,
+    batch_size: int = 20,
+    trainer: str = "exact",
+    tf32: bool = False,
 ) -> tuple[str, Path | None]:
-    """Train, evaluate and write ``results_dir/<dataset>-<budget>.json``.
+    """Train, evaluate and write ``results_dir/<dataset>-<protocol>.json``.
+
+    The protocol is the budget, then what differs from the paper's: ``-b<batch_size>`` for a
+    batch other than 20 (its learning rates scaled by ``schedule.lr_scale_for_batch``),
+    ``-fast`` for the fast trainer (:mod:`iwae_tutorial.fast`: counter-based noise, CUDA-graph
+    blocks) instead of the exact one, ``-tf32`` for TF32 matrix products on CUDA.
 
     Returns ``("done", path)`` or ``(reason, None)`` when it stopped early ("time limit" or
     "signal") with its state saved under ``run_root/<dataset>-<budget>/``.
@@ -144,7 +167,9 @@ def reproduce(
 
     t_start = time.perf_counter()
     b = budget if isinstance(budget, Budget) else resolve_budget(budget)
-    run_dir = Path(run_root) / f"{dataset}-{b.name}"
+    if trainer not in ("exact", "fast"):
+        raise ValueError(f"trainer must be 'exact' or 'fast', got {trainer!r}")
+    run_dir = Path(run_root) / protocol_tag(dataset, b.name, batch_size, trainer, tf32)
     with RunDirLock(run_dir, "--run-root"):  # one process at a time
         if restart:  # everything but the lock we hold
             for p in run_dir.iterdir():
@@ -162,7 +187,7 @@ def reproduce(
                    eval_k=int(eval_k or b.eval_k), eval_seed=eval_seed,
                    eval_batch_size=eval_batch_size,
                    eval_block=eval_block or max(eval_batch_size, 100), seed=seed, gemm=gemm,
-                   progress=progress,
+                   progress=progress, batch_size=batch_size, trainer=trainer, tf32=tf32,
                    deadline=None if max_minutes is None else t_start + 60.0 * max_minutes)
         trained = _train_stage(run)
         if trained is None:
@@ -195,6 +220,9 @@ class _Run:
     seed: int
     gemm: str
     progress: bool
+    batch_size: int
+    trainer: str
+    tf32: bool
     deadline: float | None
 
     def seconds_left(self) -> float | None:
@@ -203,7 +231,8 @@ class _Run:
     @property
     def is_paper_protocol(self) -> bool:
         return (self.n_train == self.ds.x_train.shape[0] and self.budget.epochs == PAPER_EPOCHS
-                and self.eval_k == EVAL_K and self.n_eval == self.ds.x_test.shape[0])
+                and self.eval_k == EVAL_K and self.n_eval == self.ds.x_test.shape[0]
+                and self.batch_size == PAPER_BATCH and not self.tf32)
 
 
 def _train_stage(run: _Run):
@@ -212,18 +241,26 @@ def _train_stage(run: _Run):
     None when it stopped early (state saved)."""
     import torch
 
+    from .fast import fit_fast
     from .fleet import Fleet, table1_configs
 
     n_total = int(run.ds.x_train.shape[0])
     cfgs = table1_configs(run.dataset, epochs=run.budget.epochs, seed=run.seed,
-                          n_train=None if run.n_train == n_total else run.n_train)
+                          n_train=None if run.n_train == n_total else run.n_train,
+                          batch_size=run.batch_size,
+                          lr_scale=lr_scale_for_batch(run.batch_size))
+    if run.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = run.tf32
+        torch.backends.cudnn.allow_tf32 = run.tf32
     fleet = Fleet.from_configs(cfgs, run.ds, run.device, gemm=run.gemm)
     _log(f"{run.run_dir.name}: training {len(cfgs)} configurations together on "
-         f"{run.n_train} images for {run.budget.epochs} epoch(s) on {run.device} "
-         f"(gemm={fleet.gemm}, threads {torch.get_num_threads()}); state in {run.run_dir}")
-    res = fleet.fit(run.ds.x_train[:run.n_train], schedule=cfgs[0].schedule(),
-                    batch_size=cfgs[0].batch_size, binarize=run.ds.binarize,
-                    run_dir=run.run_dir, max_seconds=run.seconds_left(), progress=run.progress)
+         f"{run.n_train} images for {run.budget.epochs} epoch(s), batch {run.batch_size}, "
+         f"{run.trainer} trainer, on {run.device} (gemm={fleet.gemm}, threads "
+         f"{torch.get_num_threads()}); state in {run.run_dir}")
+    fit = fleet.fit if run.trainer == "exact" else partial(fit_fast, fleet)
+    res = fit(run.ds.x_train[:run.n_train], schedule=cfgs[0].schedule(),
+              batch_size=cfgs[0].batch_size, binarize=run.ds.binarize,
+              run_dir=run.run_dir, max_seconds=run.seconds_left(), progress=run.progress)
     if not res.finished:
         _log(f"stopped after epoch {res.epochs_done} (mid-epoch state saved)")
         return None
@@ -273,7 +310,8 @@ def _eval_stage(run: _Run, models: list, fleet_epochs: int) -> dict | None:
             t0 = time.perf_counter()
             ll = log_likelihood_many(models, x_eval, run.eval_k,
                                      batch_size=run.eval_batch_size, generators=gens,
-                                     start=b0, stop=b1, gemm=run.gemm)
+                                     start=b0, stop=b1, gemm=run.gemm,
+                                     max_rows=400_000 if run.device.type == "cuda" else 8_000)
             state["ll"][:, b0:b1] = ll[:, b0:b1]
             last_block_s = time.perf_counter() - t0
             state.update(done=b1, seconds=state["seconds"] + last_block_s,
@@ -292,6 +330,7 @@ def _result(run: _Run, fleet, cfgs: list, histories: list, evaluated: dict, t_st
     import torch
 
     from .evaluate import ACTIVE_UNITS_THRESHOLD, paper_active_units
+    from .fast import STATE_DIR
     from .fleet import FLEET_CHECKPOINT
     from .provenance import provenance
     from .results import evaluation_fields, model_record
@@ -331,6 +370,14 @@ def _result(run: _Run, fleet, cfgs: list, histories: list, evaluated: dict, t_st
             "paper_epochs": PAPER_EPOCHS,
             "schedule": [asdict(s) for s in schedule],
             "batch_size": cfgs[0].batch_size,
+            "lr_scale": cfgs[0].lr_scale,
+            "trainer": run.trainer,
+            "noise": ("each member's own torch.Generator, as train.fit (exact)"
+                      if run.trainer == "exact" else
+                      "counter-based, a hash of (seed, step) (iwae_tutorial.noise)"),
+            "precision": "tf32 matmuls" if run.tf32 else "float32",
+            "name": protocol_tag(run.dataset, run.budget.name, run.batch_size, run.trainer,
+                                 run.tf32),
             "optimizer": "Adam(betas=(0.9, 0.999), eps=1e-4)",
             "binarization": "dynamic (fresh Bernoulli draw per use)" if ds.binarize
                             else "none",
@@ -345,10 +392,12 @@ def _result(run: _Run, fleet, cfgs: list, histories: list, evaluated: dict, t_st
         "configurations": configurations,
         "wall_time_s": {"train": train_s, "eval_nll": float(evaluated["seconds"]),
                         "active_units": t_au, "this_invocation": time.perf_counter() - t_start},
-        "trainer": {"module": "iwae_tutorial.fleet", "gemm": fleet.gemm,
+        "trainer": {"module": "iwae_tutorial.fleet" if run.trainer == "exact"
+                    else "iwae_tutorial.fast", "gemm": fleet.gemm,
                     "cuda_graph": run.device.type == "cuda",
                     "torch_threads": torch.get_num_threads(),
-                    "checkpoint": str(run.run_dir / FLEET_CHECKPOINT)},
+                    "checkpoint": str(run.run_dir / (FLEET_CHECKPOINT if run.trainer == "exact"
+                                                     else STATE_DIR))},
         "provenance": provenance(command=command, device=run.device,
                                  wall_seconds=time.perf_counter() - t_start),
     }

@@ -11,7 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["Stage", "burda_schedule", "truncate_schedule", "constant_schedule",
-           "resolve_schedule", "schedule_epochs", "lr_at", "PAPER_EPOCHS"]
+           "resolve_schedule", "schedule_epochs", "lr_at", "PAPER_EPOCHS", "PAPER_BATCH",
+           "lr_scale_for_batch"]
+
+#: the paper's minibatch size
+PAPER_BATCH = 20
 
 #: epochs of the paper's schedule (1 + 3 + ... + 3^7)
 PAPER_EPOCHS = 3280
@@ -69,3 +73,13 @@ def lr_at(schedule: Sequence[Stage], epoch: int) -> float:
             return st.lr
         epoch -= st.epochs
     raise IndexError("epoch beyond the schedule")
+
+
+def lr_scale_for_batch(batch_size: int) -> float:
+    """How much a larger minibatch scales the paper's learning rates in this project:
+    sqrt(batch_size / 20), the square-root rule for Adam (the gradient's noise falls as
+    1/sqrt(batch)). A protocol deviation: results trained this way name their batch size and
+    this scale."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return (batch_size / PAPER_BATCH) ** 0.5
