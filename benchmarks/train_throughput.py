@@ -227,6 +227,10 @@ def main(argv=None) -> dict:
     variants = {"fleet": "auto"}
     if device.type == "cpu" and not args.no_bmm_variant:
         variants["fleet_bmm_only"] = "bmm"
+        from iwae_tutorial.stacked import onednn_available
+
+        if onednn_available():
+            variants["fleet_onednn_only"] = "onednn"
     fleets = {}
     for name, gemm in variants.items():
         members = [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs]
@@ -312,6 +316,9 @@ def main(argv=None) -> dict:
     if fast_batches:
         result["fast"] = {str(b): time_fast(cfgs, device, bias, b, args.fast_steps, peak["peak"])
                           for b in fast_batches}
+        for entry in result["fast"].values():  # per image, vs the plain loops at batch 20
+            entry["speedup_vs_plain_per_image"] = (
+                plain_step / BATCH) / (entry["ms_per_fleet_step"] / 1e3 / entry["batch_size"])
     result["notes"] = (
         "speedup = fleet throughput / plain loops' combined throughput (configuration-steps "
         "per second, wall time, median over interleaved rounds); speedup_cpu_time uses process "

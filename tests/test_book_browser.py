@@ -5,6 +5,9 @@ temporary folder, or taken from ``$IWAE_BOOK_HTML`` (a ``_build/html`` folder) w
 page must load, show its figures (images of non-zero size) and carry no error output. A
 screenshot of each page is saved under ``artifacts/screenshots/``.
 
+The formulas must have rendered, from the MathJax the book serves itself (no network): MathJax
+output elements on every chapter, no MathJax error element, no raw TeX delimiter left in the text.
+
 Needs the Debian packages ``chromium`` and ``chromium-driver`` (``scripts/install_browser.sh``).
 """
 
@@ -91,6 +94,39 @@ return Array.from(document.querySelectorAll(sel)).map(e => e.innerText.slice(0, 
 """
 
 
+_MATH_JS = """
+const done = arguments[arguments.length - 1];
+const scripts = Array.from(document.querySelectorAll('script[src*="mathjax" i]')).map(
+    s => s.getAttribute('src'));
+const report = () => done({
+    scripts: scripts,
+    rendered: document.querySelectorAll('mjx-container').length,
+    errors: document.querySelectorAll('mjx-merror, [data-mjx-error]').length,
+    typeset: !!(window.MathJax && window.MathJax.startup),
+});
+if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    MathJax.startup.promise.then(report, report);
+} else {
+    setTimeout(report, 3000);
+}
+"""
+
+
+def check_math(page: str, browser) -> None:
+    """MathJax came from the book (not a CDN) and typeset every formula of the page."""
+    browser.set_script_timeout(30)
+    math = browser.execute_async_script(_MATH_JS)
+    text = browser.find_element("tag name", "body").text
+    if page.startswith("notebooks/"):
+        assert math["scripts"], f"{page}: no MathJax script on the page"
+        assert all("_static/mathjax/" in src and "://" not in src for src in math["scripts"]), (
+            f"{page}: MathJax is not served by the book itself: {math['scripts']}")
+        assert math["rendered"] > 0, f"{page}: no formula was rendered ({math})"
+    assert math["errors"] == 0, f"{page}: {math['errors']} MathJax error(s)"
+    for raw in ("\\(", "\\["):
+        assert raw not in text, f"{page}: raw TeX {raw!r} left in the text"
+
+
 @pytest.mark.parametrize("page", _pages())
 def test_page_loads_shows_figures_and_no_errors(page, book_html, browser):
     html = book_html / f"{page}.html"
@@ -111,6 +147,7 @@ def test_page_loads_shows_figures_and_no_errors(page, book_html, browser):
     assert not errors, f"{page}: error outputs on the page: {errors}"
     text = browser.find_element("tag name", "body").text
     assert "Traceback (most recent call last)" not in text, f"{page}: a traceback is shown"
+    check_math(page, browser)
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     height = browser.execute_script("return document.body.scrollHeight")

@@ -17,11 +17,23 @@ from typing import Any
 
 from .paper import PAPER_EPOCHS, TABLE1_KS, paper_numbers
 
-__all__ = ["SCHEMA", "model_record", "evaluation_fields", "read_record", "read_run_result",
-           "load_result", "find_results", "table1_cells", "table1_markdown",
+__all__ = ["published_dir", "SCHEMA", "model_record", "evaluation_fields", "read_record",
+           "read_run_result", "load_result", "find_results", "table1_cells", "table1_markdown",
            "active_units_markdown", "provenance_markdown", "gap_summary"]
 
 SCHEMA = "iwae-tutorial/result-1"
+
+
+def published_dir() -> Path | None:
+    """The project's committed result files: ``iwae_tutorial/published/`` in an installed
+    package (the wheel carries ``results/`` there), else ``results/`` of the source tree the
+    package runs from; None when neither exists. A chapter opened alone in a fresh kernel
+    (Colab) thus shows the same tables as the built book."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "published", here.parent.parent / "results"):
+        if d.is_dir() and any(d.glob("*.json")):
+            return d
+    return None
 #: old key -> key of the one schema (files written before it)
 _OLD_KEYS = {"test_nll": "nll", "test_nll_stderr": "nll_stderr", "wall_seconds": "wall_time_s",
              "epochs_done": "epochs", "final_train_bound": "train_bound", "run_name": "name"}

@@ -31,10 +31,12 @@ from .models import IWAE
 from .schedule import schedule_epochs
 from .train import CHECKPOINT_NAME, LOG_NAME, RESTART_FIX, check_state, fit, load_checkpoint
 
-__all__ = ["CONFIG_NAME", "CHECKPOINT_NAME", "LOG_NAME", "RESULT_NAME", "EVAL_NAME",
-           "train_run", "write_run", "read_config", "load_run", "checkpoint_dirs",
-           "find_trained", "load_model_file", "load_or_train", "describe_source"]
+__all__ = ["SHIPPED_DIR", "retrain_requested", "CONFIG_NAME", "CHECKPOINT_NAME", "LOG_NAME",
+           "RESULT_NAME", "EVAL_NAME", "train_run", "write_run", "read_config", "load_run",
+           "checkpoint_dirs", "find_trained", "load_model_file", "load_or_train", "describe_source"]
 
+#: the trained models that ship with the package (scripts/train_shipped_models.py)
+SHIPPED_DIR = Path(__file__).resolve().parent / "trained"
 CONFIG_NAME = "config.json"
 RESULT_NAME = "result.json"
 EVAL_NAME = "eval.json"
@@ -161,14 +163,26 @@ def write_run(directory: str | Path, model: IWAE, cfg: RunConfig | None,
     return directory
 
 
-def checkpoint_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Where trained models are looked for, in order: ``root``, then ``$IWAE_CHECKPOINT_DIR``
-    (the folders that exist)."""
+def retrain_requested() -> bool:
+    """Whether the chapters should train live instead of loading the shipped models:
+    ``IWAE_RETRAIN=1``, or the smoke profile (whose seconds-long runs test the training code)."""
+    from .profiles import current_profile
+
+    return os.environ.get("IWAE_RETRAIN", "") not in ("", "0") or current_profile() == "smoke"
+
+
+def checkpoint_dirs(root: str | os.PathLike[str] | None = None,
+                    shipped: bool = True) -> list[Path]:
+    """Where trained models are looked for, in order: ``root``, ``$IWAE_CHECKPOINT_DIR``, then
+    the models shipped with the package (:data:`SHIPPED_DIR`, when ``shipped``); the folders
+    that exist."""
     dirs: list[Path] = []
     if root is not None:
         dirs.append(Path(root))
     if os.environ.get("IWAE_CHECKPOINT_DIR"):
         dirs.append(Path(os.environ["IWAE_CHECKPOINT_DIR"]))
+    if shipped:
+        dirs.append(SHIPPED_DIR)
     return [d for d in dict.fromkeys(dirs) if d.is_dir()]
 
 
@@ -208,53 +222,61 @@ def _config_of(meta: dict) -> dict:
 
 
 def _matches(meta: dict, dataset: str, objective: str, k: int,
-             layers: Sequence[Sequence[int]]) -> bool:
+             layers: Sequence[Sequence[int]], seed: int | None = None) -> bool:
     cfg = _config_of(meta)
     try:
         return (cfg.get("dataset", "mnist") == dataset and cfg.get("objective") == objective
                 and int(cfg.get("k")) == int(k)
                 and [list(map(int, s)) for s in cfg.get("layers")] ==
-                [list(map(int, s)) for s in layers])
+                [list(map(int, s)) for s in layers]
+                and (seed is None or int(cfg.get("seed", 0)) == int(seed)))
     except (TypeError, ValueError):
         return False
 
 
 def find_trained(dataset: str, objective: str, k: int, layers: Sequence[Sequence[int]],
-                    root: str | os.PathLike[str] | None = None) -> tuple[Path, dict] | None:
+                 root: str | os.PathLike[str] | None = None, seed: int | None = None,
+                 shipped: bool = True) -> tuple[Path, dict] | None:
     """The first trained model in :func:`checkpoint_dirs` whose metadata names this dataset,
-    objective, k and architecture, as (weights path, metadata); None if there is none.
+    objective, k and architecture (and ``seed``, when given), as (weights path, metadata);
+    None if there is none.
 
     The metadata is a JSON object holding the run configuration (``dataset``, ``objective``,
     ``k``, ``layers``, ...) at its top level or under ``"config"``; other fields (epochs,
     test log-likelihood, commit, ...) are passed through for display.
     """
-    for d in checkpoint_dirs(root):
+    for d in checkpoint_dirs(root, shipped=shipped):
         for weights, meta in _candidates(d):
-            if _matches(meta, dataset, objective, k, layers):
+            if _matches(meta, dataset, objective, k, layers, seed):
                 return weights, {**meta, "weights_file": str(weights)}
     return None
 
 
 def load_model_file(path: str | os.PathLike[str],
-                          device: torch.device | str = "cpu") -> IWAE:
+                    device: torch.device | str = "cpu") -> IWAE:
     """Rebuild an :class:`IWAE` from a ``.pt`` file holding ``model_config`` and the weights
-    (under ``model`` as written by training, or ``state_dict``)."""
+    (under ``model`` as written by training, or ``state_dict``; float16 weights, as shipped,
+    are read back as float32)."""
     state = load_checkpoint(path, map_location=device)
     mc = state.get("model_config")
     weights = state.get("model", state.get("state_dict"))
     if mc is None or weights is None:
         raise ValueError(f"{path} holds no 'model_config' and 'model'/'state_dict' entries")
     model = IWAE(mc["x_dim"], mc["layers"], likelihood=mc.get("likelihood", "bernoulli"))
-    model.load_state_dict(weights)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                           for k, v in weights.items()})
     return model.to(device).eval()
 
 
 def load_or_train(cfg: Any, device: torch.device | str | None = None, *, ds: Any = None,
-                  root: str | os.PathLike[str] | None = None, use_checkpoint: bool = True,
-                  progress: bool = True) -> tuple[IWAE, dict]:
+                  root: str | os.PathLike[str] | None = None,
+                  use_checkpoint: bool | None = None, progress: bool = True,
+                  match_seed: bool = False) -> tuple[IWAE, dict]:
     """A trained model for ``cfg`` (an :class:`iwae_tutorial.experiments.RunConfig`): the
-    matching model in :func:`checkpoint_dirs` when there is one (see
-    :func:`find_trained`), else one trained now with ``cfg``'s budget.
+    matching model in :func:`checkpoint_dirs` when there is one (see :func:`find_trained`;
+    the package ships the chapters' models), else one trained now with ``cfg``'s budget.
+    ``use_checkpoint`` defaults to ``not retrain_requested()`` (``IWAE_RETRAIN=1`` or the
+    smoke profile train live); ``match_seed`` also requires ``cfg.seed``.
 
     Returns (model in eval mode, info), where ``info["source"]`` says which it was and the rest
     of ``info`` is the checkpoint's metadata or the configuration and training log.
@@ -262,11 +284,18 @@ def load_or_train(cfg: Any, device: torch.device | str | None = None, *, ds: Any
     from .profiles import default_device
 
     device = torch.device(device) if device is not None else default_device()
+    if use_checkpoint is None:
+        use_checkpoint = not retrain_requested()
     if use_checkpoint:
-        found = find_trained(cfg.dataset, cfg.objective, cfg.k, cfg.layers, root)
+        found = find_trained(cfg.dataset, cfg.objective, cfg.k, cfg.layers, root,
+                             seed=cfg.seed if match_seed else None)
         if found is not None:
             path, meta = found
-            return load_model_file(path, device), {"source": f"checkpoint {path}", **meta}
+            where = ("the model shipped with the package" if path.parent == SHIPPED_DIR
+                     else f"checkpoint {path}")
+            epochs = meta.get("epochs")
+            source = where + (f", trained for {epochs} epochs" if epochs else "")
+            return load_model_file(path, device), {"source": source, **meta}
     model, history = train_run(cfg, device=device, ds=ds, progress=progress)
     return model, {"source": "trained in this notebook", "config": asdict(cfg),
                    "epochs": len(history),

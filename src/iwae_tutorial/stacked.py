@@ -48,7 +48,7 @@ from .models import IWAE
 
 __all__ = [
     "StackedSpec", "stack_state_dicts", "unstack_state_dict", "stacked_log_weights",
-    "encode_first_layer", "resolve_gemm", "onednn_available", "tune_malloc",
+    "encode_first_layer", "resolve_gemm", "onednn_available", "onednn_faster", "tune_malloc",
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -208,8 +208,9 @@ def tune_malloc(threshold: int = 32 << 20) -> bool:
 
 def resolve_gemm(gemm: str, device: torch.device, dtype: torch.dtype) -> str:
     """The matrix-product kernel to use: "bmm" (torch.bmm; any device and dtype) or "onednn"
-    (float32 on the CPU, see :func:`onednn_available`). "auto" is "onednn" where usable, else
-    "bmm"; ``$IWAE_FLEET_GEMM`` overrides "auto"."""
+    (float32 on the CPU, see :func:`onednn_available`). "auto" is "onednn" where it is usable
+    and faster on this CPU (:func:`onednn_faster`), else "bmm"; ``$IWAE_FLEET_GEMM``
+    overrides "auto"."""
     gemm = os.environ.get("IWAE_FLEET_GEMM", gemm) if gemm == "auto" else gemm
     if gemm not in ("auto", "onednn", "bmm"):
         raise ValueError(f"gemm must be 'auto', 'onednn' or 'bmm', got {gemm!r}")
@@ -218,8 +219,40 @@ def resolve_gemm(gemm: str, device: torch.device, dtype: torch.dtype) -> str:
         raise ValueError("gemm='onednn' needs float32 on the CPU and a PyTorch built with "
                          "oneDNN (torch.backends.mkldnn.is_available())")
     if gemm == "auto":
-        return "onednn" if usable else "bmm"
+        return "onednn" if usable and onednn_faster() else "bmm"
     return gemm
+
+
+_onednn_faster: bool | None = None
+
+
+def onednn_faster(reps: int = 5) -> bool:
+    """Whether oneDNN's matmul beats ``torch.bmm`` on this CPU for the fleet's large products
+    (a k = 50 member's decoder: [1000, 200] x [200, 784], forward and both backward products),
+    timed once per process (~0.1 s). The gain is the CPU's: ~2x on one AMD EPYC of this
+    project, slower than bmm on another and on an Intel Xeon (see benchmarks/README.md)."""
+    global _onednn_faster
+    if _onednn_faster is None:
+        import time
+
+        g = torch.Generator().manual_seed(0)
+        a = torch.randn(2, 1000, 200, generator=g)
+        wt = torch.randn(2, 200, 784, generator=g)
+        b = torch.randn(2, 784, generator=g)
+        gy = torch.randn(2, 1000, 784, generator=g)
+
+        def run(gemm: str) -> float:
+            best = float("inf")
+            for _ in range(reps + 1):  # the first is a warm-up
+                t0 = time.perf_counter()
+                _mm_bias_act(a, wt, b, False, gemm)
+                _mm_nt(gy, wt, gemm)
+                _mm_tn(a, gy, gemm)
+                best = min(best, time.perf_counter() - t0)
+            return best
+
+        _onednn_faster = run("onednn") < 0.9 * run("bmm")
+    return _onednn_faster
 
 
 def _dnn(gemm: str, rows: int, k: int, n: int, factor: int = 1) -> bool:

@@ -1,0 +1,562 @@
+"""Command line: ``python -m iwae_tutorial train|evaluate|reproduce ...`` (or ``iwae-tutorial``).
+
+- ``train``: train one configuration into a run directory (resumable: run the same command
+  again to continue from its checkpoint), then estimate the test NLL by L_k and count the
+  active units; writes ``OUT/result.json``.
+- ``evaluate``: evaluate a run directory written by ``train`` (other k, other test subset).
+- ``reproduce``: the paper's tables (see :mod:`iwae_tutorial.reproduce`).
+
+All the argument parsing of every subcommand lives here; the work is done by the modules
+below (``experiments``, ``evaluate``, ``reproduce``).
+
+Bad input (missing or corrupt data, unknown names, malformed sizes, an unreadable checkpoint,
+a run directory in use, a folder that cannot be written, too little memory) gives a one-line
+error and exit status 2; a diverged run gives exit status 1. Set ``IWAE_DEBUG=1`` to see
+tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .data import DATASETS
+
+__all__ = ["main", "build_parser", "parse_layers"]
+
+PROG = "iwae-tutorial"
+REPRODUCE_DATASETS = ("mnist", "omniglot-lake28", "omniglot-burda")
+SEED_MAX = 2**63 - 3  # a run derives seeds seed, seed + 1 and seed + 2
+
+
+class CLIError(Exception):
+    """Bad input: reported as one line, exit status 2."""
+
+
+# --------------------------------------------------------------------------- argument types
+def parse_layers(text: str) -> list[list[int]]:
+    """argparse type for --layers: "1", "2", "200,200,50" or "200,200,100;100,100,50"."""
+    from .experiments import layers_from_string
+
+    try:
+        layers = layers_from_string(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not layers or any(len(spec) == 0 or any(s <= 0 for s in spec) for spec in layers):
+        raise argparse.ArgumentTypeError(
+            f"cannot read layers {text!r}: each stochastic layer is positive hidden sizes then "
+            "the latent size, layers separated by ';', e.g. '200,200,100;100,100,50' (or 1 / 2)"
+        )
+    return layers
+
+
+def _positive(cast: type, noun: str):
+    """An argparse type: ``cast(text)``, which must be positive and finite."""
+
+    def parse(text: str):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if not (0 < v < float("inf")):
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {v}")
+        return v
+
+    return parse
+
+
+_positive_int = _positive(int, "a positive integer")
+_positive_float = _positive(float, "a positive finite number")
+
+
+def _seed(text: str) -> int:
+    """argparse type for seeds: an integer in [0, SEED_MAX]."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= v <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a seed from 0 to {SEED_MAX}, got {v}")
+    return v
+
+
+def _budget(text: str) -> str:
+    from .reproduce import resolve_budget
+
+    try:
+        return resolve_budget(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# --------------------------------------------------------------------------- parser
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="data directory searched first (then $IWAE_DATA_DIR, then the user "
+                        "cache directory)")
+    p.add_argument("--no-download", action="store_true",
+                   help="never download missing data; fail with a clear message instead")
+    p.add_argument("--device", default=None,
+                   help="torch device (default: cuda if available, else cpu; or $IWAE_DEVICE)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads for torch (default: torch's choice; 1 can be much faster "
+                        "on a machine busy with other jobs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_eval_args(p: argparse.ArgumentParser, k_flag: str, n_flag: str) -> None:
+    p.add_argument(k_flag, dest="eval_k", type=_positive_int, default=5000, metavar="K",
+                   help="samples of the L_k estimate of the test log-likelihood (default 5000, "
+                        "as in the paper)")
+    p.add_argument(n_flag, dest="eval_n", type=_positive_int, default=None, metavar="N",
+                   help="evaluate on the first N test images only (default: all of them)")
+    p.add_argument("--eval-seed", type=_seed, default=0,
+                   help="seed of the test binarization and of the L_k noise (default 0)")
+    p.add_argument("--eval-batch-size", type=_positive_int, default=100, metavar="B",
+                   help="test images per L_k batch (default 100)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from .objectives import OBJECTIVES
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Variational and importance weighted autoencoders (Burda et al., 2015).",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,reproduce}")
+    sub.required = True
+
+    t = sub.add_parser(
+        "train", help="train one model into a run directory, then evaluate it",
+        description="Train one configuration into OUT (resumable: rerun the same command to "
+                    "continue from OUT/checkpoint.pt), then estimate the test NLL by L_k and "
+                    "count the active units. Writes OUT/result.json.",
+    )
+    t.add_argument("--dataset", choices=DATASETS, default="mnist",
+                   help="data set (default mnist = dynamically binarized MNIST)")
+    t.add_argument("--objective", choices=sorted(OBJECTIVES), default="iwae",
+                   help="training objective (default iwae)")
+    t.add_argument("--k", type=_positive_int, default=5, help="samples per data point (default 5)")
+    t.add_argument("--layers", type=parse_layers, default=parse_layers("1"), metavar="SPEC",
+                   help="'1' or '2' (the paper's architectures, default 1), or sizes such as "
+                        "'200,200,50' or '200,200,100;100,100,50'")
+    t.add_argument("--epochs", type=_positive_int, default=None,
+                   help="train for the first EPOCHS epochs of the paper's schedule (default: "
+                        "the whole schedule, 3,280 epochs)")
+    t.add_argument("--lr", type=_positive_float, default=None, metavar="LR",
+                   help="one constant learning rate for all EPOCHS instead of the paper's "
+                        "rates (needs --epochs). The paper's first rate, 1e-3, is tuned for "
+                        "its 3,280 epochs; for a one-epoch run 2e-3 did best on the 400 "
+                        "validation images (see README)")
+    t.add_argument("--n-train", type=_positive_int, default=None, metavar="N",
+                   help="use the first N training examples only (default: all)")
+    t.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    t.add_argument("--batch-size", type=_positive_int, default=20, help="minibatch (default 20)")
+    t.add_argument("--out", required=True, metavar="DIR", help="run directory (required)")
+    _add_eval_args(t, "--eval-k", "--eval-n")
+    t.add_argument("--skip-eval", action="store_true", help="train only; no test NLL")
+    t.add_argument("--restart", action="store_true",
+                   help="discard the run in OUT (checkpoint, log, results) and start anew")
+    _add_data_args(t)
+
+    e = sub.add_parser(
+        "evaluate", help="evaluate a run directory written by train",
+        description="Estimate the test NLL by L_k and count the active units of a trained run.",
+    )
+    e.add_argument("--run", required=True, metavar="DIR", help="run directory written by train")
+    _add_eval_args(e, "--k", "--n")
+    e.add_argument("--out", default=None, metavar="FILE",
+                   help="result file (default: DIR/eval.json)")
+    _add_data_args(e)
+
+    r = sub.add_parser("reproduce", help="reproduce the paper's Table 1 (see --help)")
+    _add_reproduce_args(r)
+    return parser
+
+
+def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
+    from .reproduce import EXIT_NOT_FINISHED
+
+    p.description = (
+        "Train the 12 configurations of Table 1 (VAE/IWAE x k=1,5,50 x 1 or 2 stochastic "
+        "layers) together with the fleet trainer, evaluate them, and write "
+        "RESULTS_DIR/<dataset>-<budget>.json. Resumable: run the same command again to "
+        f"continue. Exit status {EXIT_NOT_FINISHED}: stopped early (time limit or signal), "
+        "state saved.")
+    p.add_argument("--dataset", choices=REPRODUCE_DATASETS, default="mnist",
+                   help="mnist (dynamically binarized, default), omniglot-lake28 (not the "
+                        "paper's split) or omniglot-burda (the paper's chardata.mat)")
+    p.add_argument("--budget", type=_budget, default="book",
+                   help="smoke (seconds), book (default; ~20-35 min on 2 CPU cores for MNIST), "
+                        "full (the paper's 3,280 epochs) or a number of epochs of the paper's "
+                        "schedule on all training images")
+    p.add_argument("--max-minutes", type=_positive_float, default=None, metavar="M",
+                   help="stop cleanly (checkpointed) before M minutes of wall time; run the "
+                        "same command again to continue")
+    p.add_argument("--seed", type=_seed, default=0,
+                   help="seed of every configuration (default 0)")
+    p.add_argument("--eval-k", type=_positive_int, default=None, metavar="K",
+                   help="override the budget's number of samples of L_k")
+    p.add_argument("--eval-n", type=_positive_int, default=None, metavar="N",
+                   help="override the budget's number of test images (the first N)")
+    p.add_argument("--eval-seed", type=_seed, default=0,
+                   help="seed of the test binarization and of the L_k noise (default 0)")
+    p.add_argument("--eval-batch-size", type=_positive_int, default=100, metavar="B",
+                   help="test images per L_k batch (default 100)")
+    p.add_argument("--run-root", default="runs/reproduce", metavar="DIR",
+                   help="where the resumable state goes (default runs/reproduce)")
+    p.add_argument("--results-dir", default="results", metavar="DIR",
+                   help="where the result JSON goes (default results)")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the saved state of this dataset and budget and start anew")
+    p.add_argument("--batch-size", type=_positive_int, default=20, metavar="B",
+                   help="minibatch of every configuration (default 20, the paper's); a larger "
+                        "one scales the paper's learning rates by sqrt(B / 20) and is named in "
+                        "the result file's protocol and name (-bB)")
+    p.add_argument("--trainer", choices=("exact", "fast"), default="exact",
+                   help="exact (default): each member's noise from its own generator, equal to "
+                        "training it alone; fast: counter-based noise and CUDA-graph blocks of "
+                        "steps (iwae_tutorial.fast), for GPUs (named -fast)")
+    p.add_argument("--tf32", action="store_true",
+                   help="TF32 matrix products on CUDA (named -tf32)")
+    p.add_argument("--gemm", choices=("auto", "onednn", "bmm"), default="auto",
+                   help="matrix-product kernels of the fleet on the CPU (default auto)")
+    p.add_argument("--no-malloc-tuning", action="store_true",
+                   help="keep glibc's malloc defaults (see iwae_tutorial.stacked.tune_malloc)")
+    _add_data_args(p)
+
+
+# --------------------------------------------------------------------------- helpers
+def _set_threads(n: int | None) -> None:
+    if n is not None:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _device(name: str | None):
+    """The torch device of ``--device`` (else ``$IWAE_DEVICE``, else cuda when available, else
+    cpu), checked to exist here; a CLIError names the option or variable it came from."""
+    import torch
+
+    env = os.environ.get("IWAE_DEVICE", "").strip()
+    source, text = ("--device", name) if name else ("IWAE_DEVICE", env) if env else (None, None)
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shown = f"--device {text}" if source == "--device" else f"IWAE_DEVICE={text}"
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"{shown} is not a device; use cpu or cuda (cuda:N for GPU N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"{shown}: no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CLIError(f"{shown}: there are only {torch.cuda.device_count()} CUDA GPU(s) "
+                           "here; use cuda:0 or --device cpu")
+    elif dev.type != "cpu":
+        raise CLIError(f"{shown}: only cpu and cuda devices are supported; use --device cpu"
+                       + (" or cuda" if torch.cuda.is_available() else ""))
+    return dev
+
+
+def _load_dataset(name: str, args: argparse.Namespace, seed: int):
+    from .data import DataError
+    from .experiments import load_dataset
+
+    try:
+        return load_dataset(name, root=args.data_dir, download=not args.no_download, seed=seed)
+    except DataError as e:
+        raise CLIError(str(e)) from None
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _evaluate(model, ds, *, k: int, n: int | None, seed: int, batch_size: int,
+              progress: bool) -> tuple[dict[str, Any], dict[str, float]]:
+    """Test NLL by L_k on the first n test images (binarized once with ``seed``, as in
+    ``reproduce``), and the active units on the first 500 training examples binarized once."""
+    import torch
+
+    from .evaluate import ACTIVE_UNITS_THRESHOLD, log_likelihood, paper_active_units
+    from .experiments import eval_images
+    from .results import evaluation_fields
+
+    device = model.device
+    n_total = int(ds.x_test.shape[0])
+    n_used = n_total if n is None else min(int(n), n_total)
+    x_test = eval_images(ds, n_used, seed)  # binarized once, as in `reproduce`
+    gen = torch.Generator(device=device).manual_seed(seed)
+    t0 = time.perf_counter()
+    ll = log_likelihood(model, x_test, k, batch_size=batch_size, generator=gen,
+                        progress=progress)
+    t_nll = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    au, n_au = paper_active_units(model, ds.x_train, ds.binarize, seed)
+    t_au = time.perf_counter() - t0
+    ev = evaluation_fields(ll, k=k, n_total=n_total, seed=seed, binarized=ds.binarize,
+                           active_units=au, active_units_n=n_au,
+                           threshold=ACTIVE_UNITS_THRESHOLD)
+    return ev, {"eval_nll": t_nll, "active_units": t_au}
+
+
+def _schedule_info(cfg) -> dict[str, Any]:
+    """What the learning rates were: the paper's (cut to N epochs) or one constant rate."""
+    return {
+        "kind": "paper" if cfg.lr is None else "constant",
+        "stages": [{"epochs": st.epochs, "lr": st.lr} for st in cfg.schedule()],
+    }
+
+
+def _summary(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    lines = [f"run {result['name']} ({result['dataset']}, {len(cfg['layers'])} stochastic "
+             f"layer(s) {cfg['layers']}, objective {cfg['objective']}, k={cfg['k']})"]
+    if result.get("train_bound") is not None:
+        lines.append(f"  epochs done: {result['epochs']} of {result['epochs_planned']}; "
+                     f"final train bound {result['train_bound']:.3f} nats")
+    sched = result.get("schedule")
+    if sched is not None:
+        rates = sorted({st["lr"] for st in sched["stages"]}, reverse=True)
+        what = "the paper's schedule" if sched["kind"] == "paper" else "a constant rate"
+        lines.append(f"  learning rate: {what}, " + ", ".join(f"{r:.3g}" for r in rates[:4])
+                     + (" ..." if len(rates) > 4 else ""))
+    if result.get("nll") is not None:
+        se = result.get("nll_stderr")
+        se_txt = f" +- {se:.2f}" if se is not None else ""
+        lines.append(f"  test NLL (-L_{result['eval_k']}, {result['eval_subset']}): "
+                     f"{result['nll']:.2f}{se_txt} nats")
+        lines.append(f"  active units per layer: {result['active_units']} "
+                     f"(threshold {result['active_units_threshold']})")
+    w = result["wall_time_s"]
+    lines.append("  wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in w.items()
+                                               if v is not None))
+    lines.append(f"  written: {result['_path']}")
+    return "\n".join(lines)
+
+
+def _write_result(path: Path, result: dict[str, Any], argv: Sequence[str], t_start: float,
+                  device) -> int:
+    """Add the provenance to a result record, write it atomically, print its summary."""
+    from .checkpoints import write_json_atomic
+    from .provenance import provenance
+
+    result["provenance"] = provenance(command=[PROG, *argv],
+                                      wall_seconds=time.perf_counter() - t_start, device=device)
+    write_json_atomic(path, result)
+    print(_summary({**result, "_path": str(path)}))
+    return 0
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from dataclasses import asdict
+
+    from .checkpoints import check_writable
+    from .experiments import RunConfig
+    from .results import model_record
+    from .runs import RESULT_NAME, train_run
+    from .schedule import schedule_epochs
+
+    t_start = time.perf_counter()
+    try:
+        cfg = RunConfig(dataset=args.dataset, objective=args.objective, k=args.k,
+                        layers=args.layers, epochs=args.epochs, n_train=args.n_train,
+                        seed=args.seed, batch_size=args.batch_size, lr=args.lr)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    _set_threads(args.threads)
+    device = _device(args.device)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a directory; --out names the run "
+                       "directory (it is created)")
+    check_writable(out / RESULT_NAME, "--out")  # before any training
+
+    t0 = time.perf_counter()
+    ds = _load_dataset(cfg.dataset, args, cfg.seed)
+    t_data = time.perf_counter() - t0
+    n_avail = int(ds.x_train.shape[0])
+    if cfg.n_train is not None and cfg.n_train > n_avail:
+        raise CLIError(f"--n-train {cfg.n_train} exceeds the {n_avail} training examples of "
+                       f"{ds.name}")
+    n_used = n_avail if cfg.n_train is None else cfg.n_train
+    if n_used < cfg.batch_size:
+        raise CLIError(f"--batch-size {cfg.batch_size} is larger than the {n_used} training "
+                       "examples")
+
+    progress = not args.no_progress
+    _log(f"training {cfg.name} on {ds.name} ({n_used} examples, device {device}) into {out}")
+    t0 = time.perf_counter()
+    try:
+        model, history = train_run(cfg, run_dir=out, device=device, ds=ds, progress=progress,
+                                   restart=args.restart)
+    except KeyboardInterrupt:
+        _log(f"interrupted; the last finished epoch is saved in {out}. Run the same command "
+             "again to resume.")
+        return 130
+    t_train = time.perf_counter() - t0
+
+    seconds: dict[str, float | None] = {
+        "load_data": t_data,
+        "train": t_train,
+        "train_all_sessions": float(sum(h["seconds"] for h in history)),
+        "eval_nll": None,
+        "active_units": None,
+    }
+    ev = None
+    if not args.skip_eval:
+        _log(f"evaluating: L_{args.eval_k} on "
+             f"{'all' if args.eval_n is None else 'the first ' + str(args.eval_n)} test images")
+        ev, ev_seconds = _evaluate(model, ds, k=args.eval_k, n=args.eval_n,
+                                   seed=args.eval_seed, batch_size=args.eval_batch_size,
+                                   progress=progress)
+        seconds.update(ev_seconds)
+    result = model_record(asdict(cfg), ds.name, history, ev, n_train=n_used,
+                          device=str(device), epochs_planned=schedule_epochs(cfg.schedule()),
+                          schedule=_schedule_info(cfg), wall_time_s=seconds)
+    return _write_result(out / RESULT_NAME, result, argv, t_start, device)
+
+
+def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from dataclasses import asdict
+
+    from .checkpoints import check_writable
+    from .results import model_record
+    from .runs import EVAL_NAME, load_run
+    from .schedule import schedule_epochs
+
+    t_start = time.perf_counter()
+    run = Path(args.run)
+    if not run.is_dir():
+        raise CLIError(f"--run {run} is not a directory")
+    path = Path(args.out) if args.out else run / EVAL_NAME
+    check_writable(path, "--out")  # before any computing
+    _set_threads(args.threads)
+    device = _device(args.device)
+    try:
+        model, cfg, history = load_run(run, device=device)
+    except FileNotFoundError as e:
+        raise CLIError(str(e)) from None
+    ds = _load_dataset(cfg.dataset, args, cfg.seed)
+    ev, seconds = _evaluate(model, ds, k=args.eval_k, n=args.eval_n, seed=args.eval_seed,
+                            batch_size=args.eval_batch_size, progress=not args.no_progress)
+    result = model_record(asdict(cfg), ds.name, history, ev, run=str(run), device=str(device),
+                          epochs_planned=schedule_epochs(cfg.schedule()),
+                          schedule=_schedule_info(cfg), wall_time_s=seconds)
+    return _write_result(path, result, argv, t_start, device)
+
+
+def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .checkpoints import check_writable
+    from .reproduce import EXIT_NOT_FINISHED, protocol_tag, reproduce
+    from .stacked import tune_malloc
+
+    device = _device(args.device)
+    _set_threads(args.threads)
+    tag = protocol_tag(args.dataset, args.budget, args.batch_size, args.trainer, args.tf32)
+    check_writable(Path(args.results_dir) / f"{tag}.json", "--results-dir")
+    check_writable(Path(args.run_root) / "probe", "--run-root")  # before any computing
+    if not args.no_malloc_tuning:
+        tune_malloc()
+    status, path = reproduce(
+        args.dataset, args.budget, run_root=args.run_root, results_dir=args.results_dir,
+        device=device, max_minutes=args.max_minutes, seed=args.seed, eval_k=args.eval_k,
+        eval_n=args.eval_n, eval_seed=args.eval_seed, eval_batch_size=args.eval_batch_size,
+        restart=args.restart, gemm=args.gemm, data_dir=args.data_dir,
+        download=not args.no_download, progress=not args.no_progress,
+        batch_size=args.batch_size, trainer=args.trainer, tf32=args.tf32,
+        command=["python", "-m", "iwae_tutorial", *argv])
+    if status == "done":
+        print(f"wrote {path}")
+        return 0
+    print(f"stopped before the end ({status}); the state is saved. Run the same command again "
+          "to continue.", file=sys.stderr)
+    return EXIT_NOT_FINISHED
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "reproduce": cmd_reproduce}
+
+
+def user_error(e: BaseException, command: str) -> str | None:
+    """The one-line message for an error caused by the input or the machine (bad data, an
+    unreadable checkpoint, a folder in use or not writable, a full disk, too little memory),
+    or None for anything else (a bug: shown with its traceback)."""
+    import torch
+
+    from .checkpoints import CheckpointError, RunDirLockedError
+    from .data import DataError
+
+    if isinstance(e, (CLIError, DataError, CheckpointError, RunDirLockedError, ValueError)):
+        text = str(e)
+    elif isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+            isinstance(e, RuntimeError) and ("out of memory" in str(e).lower()
+                                             or "can't allocate memory" in str(e).lower())):
+        sizes = {"train": "--k or --batch-size (training) or --eval-batch-size (evaluation)",
+                 "evaluate": "--eval-batch-size (or --k)",
+                 "reproduce": "--eval-batch-size (or a smaller --budget)"}[command]
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = f"out of memory ({first[:160]}); try a smaller {sizes}"
+    elif isinstance(e, OSError):
+        what = e.filename or ""
+        reason = e.strerror or str(e)
+        fix = {errno.ENOSPC: "free some disk space or write elsewhere",
+               errno.EDQUOT: "free some disk space or write elsewhere",
+               errno.EACCES: "choose a folder you can write to (or fix its permissions)",
+               errno.EPERM: "choose a folder you can write to (or fix its permissions)",
+               errno.EROFS: "choose a folder on a writable disk"}.get(e.errno, "")
+        text = str(e) if not e.strerror else f"{what}: {reason}" if what else reason
+        if fix:
+            text = f"{text}; {fix}"
+    else:
+        return None
+    return " ".join(text.split())  # one line
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failure, 2 bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("IWAE_DEBUG", "") not in ("", "0")
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or bad arguments (2, message printed)
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
+
+    from .train import TrainingDivergedError
+
+    try:
+        return COMMANDS[args.command](args, argv)
+    except TrainingDivergedError as e:
+        if debug:
+            raise
+        print(f"{PROG} {args.command}: training diverged: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        message = user_error(e, args.command)
+        if debug or message is None:
+            raise
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

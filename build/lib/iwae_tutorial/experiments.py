@@ -1,0 +1,101 @@
+"""One configuration: which data, which model, which objective, how long.
+
+:class:`RunConfig` names a trained model; :func:`load_dataset` gives its data and
+:func:`build_model` its seeded, initialised model. Training one into a run directory and
+reading it back are :mod:`iwae_tutorial.runs`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .data import DATASETS, Dataset, load_dataset
+from .models import IWAE, bernoulli_output_bias
+from .paper import ONE_LAYER, TWO_LAYERS
+from .schedule import Stage, burda_schedule, truncate_schedule
+
+__all__ = ["RunConfig", "Dataset", "load_dataset", "build_model", "DATASETS", "ONE_LAYER",
+           "TWO_LAYERS", "layers_from_string", "eval_images"]
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one trained model."""
+
+    dataset: str = "mnist"
+    objective: str = "iwae"
+    k: int = 5
+    layers: list[list[int]] = field(default_factory=lambda: [list(s) for s in ONE_LAYER])
+    epochs: int | None = None  # None: the paper's full schedule (3,280 epochs)
+    n_train: int | None = None  # None: the whole training set; else its first n_train images
+    seed: int = 0
+    batch_size: int = 20
+    lr: float | None = None  # None: the paper's rates; else one constant rate (needs epochs)
+    lr_scale: float = 1.0  # the paper's rates times this (larger batches; see schedule.py)
+
+    def __post_init__(self) -> None:
+        self.layers = [[int(s) for s in spec] for spec in self.layers]
+        if self.dataset not in DATASETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {DATASETS}")
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        if not 0 < self.lr_scale < float("inf"):
+            raise ValueError(f"lr_scale must be a positive number, got {self.lr_scale}")
+        if self.lr is not None:
+            if not 0 < self.lr < float("inf"):
+                raise ValueError(f"lr must be a positive number, got {self.lr}")
+            if self.epochs is None:
+                raise ValueError("a constant learning rate needs a number of epochs (--epochs "
+                                 "N); without one the paper's schedule and rates are used")
+
+    @property
+    def name(self) -> str:
+        n_layers = len(self.layers)
+        return f"{self.dataset}-{self.objective}-k{self.k}-{n_layers}L-s{self.seed}"
+
+    def schedule(self) -> list[Stage]:
+        """The paper's schedule cut to ``epochs``, or ``epochs`` epochs at the constant ``lr``."""
+        if self.lr is not None:
+            return [Stage(self.epochs, self.lr * self.lr_scale)]
+        s = burda_schedule(base_lr=1e-3 * self.lr_scale)
+        return s if self.epochs is None else truncate_schedule(s, self.epochs)
+
+
+def eval_images(ds: Dataset, n: int | None = None, seed: int = 0) -> Tensor:
+    """The first ``n`` test images as they are scored: binarized once with a fixed seed (a CPU
+    generator) when the data set is binarized during training, as in the authors' code.
+
+    -> [n, x_dim] on the CPU
+    """
+    x = ds.x_test if n is None else ds.x_test[: int(n)]
+    if ds.binarize:
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
+    return x
+
+
+def build_model(cfg: RunConfig, ds: Dataset, device: torch.device | str = "cpu") -> IWAE:
+    """The seeded, initialised model of ``cfg`` (output bias from the training data)."""
+    x_train = ds.x_train if cfg.n_train is None else ds.x_train[: cfg.n_train]
+    bias = bernoulli_output_bias(x_train) if ds.likelihood == "bernoulli" else None
+    torch.manual_seed(cfg.seed)
+    return IWAE(ds.x_dim, cfg.layers, likelihood=ds.likelihood, output_bias=bias).to(device)
+
+
+def layers_from_string(text: str) -> list[list[int]]:
+    """Parse "200,200,50" or "200,200,100;100,100,50" (or "1"/"2" for the paper's)."""
+    text = text.strip()
+    if text in ("1", "1L"):
+        return [list(s) for s in ONE_LAYER]
+    if text in ("2", "2L"):
+        return [list(s) for s in TWO_LAYERS]
+    try:
+        layers = [[int(v) for v in part.split(",")] for part in text.split(";")]
+    except ValueError:
+        raise ValueError(
+            f"cannot read layers {text!r}: write each stochastic layer as hidden sizes then the "
+            "latent size, layers separated by ';', e.g. '200,200,100;100,100,50' (or 1 / 2)"
+        ) from None
+    return layers

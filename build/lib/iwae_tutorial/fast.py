@@ -1,0 +1,325 @@
+"""The fleet's fast path: counter-based noise, data order on the device, many steps per replay.
+
+:meth:`Fleet.fit <iwae_tutorial.fleet.Fleet.fit>` (the *exact* path) draws every member's noise
+from the member's own ``torch.Generator``, exactly as :func:`iwae_tutorial.train.fit` does, so
+each member equals a model trained alone, bit for bit on the CPU. That costs ~30 random-number
+calls from Python per step, outside any CUDA graph: on a GPU the step is launch-bound.
+
+:func:`fit_fast` keeps what a member must keep (its objective, k, seed and Adam state) and
+changes only where its random numbers come from: :mod:`iwae_tutorial.noise`, a hash of (the
+member's seed, the global step, the element), drawn for all members of a group in one tensor
+operation. So
+
+- a member's noise, binarization and data order depend on its seed and the step only, not on
+  which other members train beside it (a member of a fleet equals itself trained alone by
+  :func:`fit_fast`; two members with one seed see the same numbers, so at k = 1 a VAE and an
+  IWAE stay identical);
+- the data order of an epoch is a permutation made on the device (:func:`noise.permutation`),
+  and a step finds its batch from a step counter kept in a device tensor;
+- on CUDA, ``block`` consecutive steps (forward, backward, Adam, the counters' increments) are
+  captured in one CUDA graph and replayed: no Python and no host synchronisation inside an
+  epoch, one read of the epoch's bounds at its end. On the CPU the same steps run eagerly
+  (the tests check the math there).
+
+Its checkpoints hold no generator states (the noise is a function of the step): parameters,
+Adam moments and the epoch, sharded into files of at most 16 MiB
+(:func:`iwae_tutorial.checkpoints.save_sharded`), so a run's whole state comes back from a
+device command and is carried into the next one.
+
+The noise differs from ``torch.randn``'s, so the fast path matches the exact path in
+distribution, not sample by sample: ``tests/test_fast.py`` checks that a short run reaches the
+exact path's test NLL within Monte Carlo error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import noise
+from .checkpoints import RunDirLock, load_sharded, save_sharded, sync_log, write_json_atomic
+from .fleet import _group_loss
+from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
+from .train import TrainingDivergedError, check_resumable, data_digest
+
+__all__ = ["fit_fast", "FastResult", "STATE_DIR", "projected_hours"]
+
+STATE_DIR = "fast-state"  # the sharded checkpoint's folder inside run_dir
+_LAYERS_MAX = 16  # noise counters: global step * 16 + stochastic layer
+
+
+@dataclass
+class FastResult:
+    """What :func:`fit_fast` did (as :class:`iwae_tutorial.fleet.FitResult`)."""
+
+    history: list[list[dict]]  # per member (member order), per epoch
+    finished: bool
+    epochs_done: int
+    seconds: float
+
+
+class _Steps:
+    """The fast step's static buffers and counters, and ``block`` steps run (or replayed)."""
+
+    def __init__(self, fleet, opt: torch.optim.Optimizer, x_train: Tensor, batch_size: int,
+                 binarize: bool, block: int, use_graph: bool):
+        self.fleet, self.opt, self.x_train = fleet, opt, x_train
+        self.B, self.binarize, self.block = batch_size, binarize, block
+        dev = fleet.device
+        M, n = len(fleet), x_train.shape[0]
+        order = fleet.order  # internal order: groups contiguous
+        self.seeds = noise.seed_tensor([fleet.members[i].seed for i in order], dev)
+        self.group_seeds = list(self.seeds.split([g.size for g in fleet.groups]))
+        self.step_t = torch.zeros((), dtype=torch.int64, device=dev)  # step within the epoch
+        self.gstep_t = torch.zeros((), dtype=torch.int64, device=dev)  # global step
+        self.orders = torch.zeros(M, n, dtype=torch.int64, device=dev)
+        self.bound_sum = torch.zeros(M, dtype=torch.float64, device=dev)
+        self.first_bad = torch.full((M,), -1, dtype=torch.long, device=dev)
+        self.cols = torch.arange(batch_size, device=dev)
+        self.graph = _BlockGraph(self) if use_graph else None
+
+    def new_epoch(self, epoch: int, steps_per_epoch: int) -> None:
+        """The epoch's data orders (on the device) and fresh sums; counters set from epoch."""
+        self.orders.copy_(noise.permutation(self.seeds, epoch, self.x_train.shape[0]))
+        self.bound_sum.zero_()
+        self.first_bad.fill_(-1)
+        self.step_t.zero_()
+        self.gstep_t.fill_(epoch * steps_per_epoch)
+
+    def one_step(self) -> None:
+        """One optimisation step of every member, with no host synchronisation."""
+        fleet = self.fleet
+        idx = self.orders.index_select(1, self.step_t * self.B + self.cols)  # [M, B]
+        x = self.x_train[idx]  # [M, B, D]
+        if self.binarize:
+            x = noise.bernoulli(x, self.seeds, self.gstep_t)
+        xs = x.split([g.size for g in fleet.groups])
+        eps = [[noise.normal(s, "noise", self.gstep_t * _LAYERS_MAX + level, (g.k, self.B, d),
+                             x.dtype)
+                for level, d in enumerate(g.spec.latent_dims)]
+               for g, s in zip(fleet.groups, self.group_seeds)]
+        loss, bounds = _group_loss(fleet.groups, xs, eps)
+        for p in fleet.parameters():
+            p.grad = None
+        loss.backward()
+        self.opt.step()
+        with torch.no_grad():
+            self.bound_sum.add_(bounds.double())
+            bad = ~torch.isfinite(bounds) & (self.first_bad < 0)
+            self.first_bad.copy_(torch.where(bad, self.step_t.expand_as(self.first_bad),
+                                             self.first_bad))
+            self.step_t.add_(1)
+            self.gstep_t.add_(1)
+
+    def run_block(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            for _ in range(self.block):
+                self.one_step()
+
+
+class _BlockGraph:
+    """``block`` fast steps captured in one CUDA graph (warm-up on a side stream, with every
+    parameter, Adam moment and counter restored afterwards, so the capture changes nothing).
+    Not run in this repository's tests (no GPU); its eager twin :meth:`_Steps.run_block` is."""
+
+    def __init__(self, steps: _Steps):
+        opt, params = steps.opt, steps.fleet.parameters()
+        buffers = [steps.step_t, steps.gstep_t, steps.bound_sum, steps.first_bad]
+        snap = [t.detach().clone() for t in params + buffers]
+        had = {p: {k: v.clone() for k, v in opt.state[p].items() if isinstance(v, Tensor)}
+               for p in params if p in opt.state}  # a resumed run's Adam moments
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                steps.one_step()
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for t, v in zip(params + buffers, snap):
+                t.copy_(v)
+            for p in params:  # Adam state: as before the warm-up (zero if it had none)
+                for k, v in opt.state[p].items():
+                    if isinstance(v, Tensor):
+                        v.copy_(had[p][k]) if p in had and k in had[p] else v.zero_()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            for _ in range(steps.block):
+                steps.one_step()
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+def _block_size(steps_per_epoch: int, block: int) -> int:
+    """The largest divisor of ``steps_per_epoch`` that is at most ``block``."""
+    return max(d for d in range(1, min(block, steps_per_epoch) + 1) if steps_per_epoch % d == 0)
+
+
+def fit_fast(
+    fleet,
+    x_train: Tensor,
+    *,
+    schedule: Sequence[Stage] | None = None,
+    epochs: int | None = None,
+    batch_size: int = 20,
+    binarize: bool = True,
+    run_dir: str | Path | None = None,
+    resume: bool = True,
+    max_seconds: float | None = None,
+    block: int = 20,
+    cuda_graph: bool | None = None,
+    checkpoint_every_s: float = 60.0,
+    progress: bool = True,
+    callback: Callable[[int, list[dict]], None] | None = None,
+) -> FastResult:
+    """Train every member of ``fleet`` with the fast step (see the module docstring).
+
+    Args:
+        fleet: an :class:`iwae_tutorial.fleet.Fleet`.
+        x_train: [n, x_dim] grey values (binarized per batch when ``binarize``).
+        schedule, epochs, batch_size, binarize: as in :meth:`Fleet.fit`.
+        run_dir: the sharded state goes to ``run_dir/fast-state/`` (every
+            ``checkpoint_every_s`` seconds, at the end, and when stopping); resumed when
+            ``resume``. ``run_dir/log.jsonl`` gets one line per epoch.
+        max_seconds: stop at the end of the first epoch after this many seconds (state saved).
+        block: steps per CUDA-graph replay (the largest divisor of the steps per epoch that is
+            at most ``block``).
+        cuda_graph: capture the block (default: on for CUDA).
+
+    Raises:
+        TrainingDivergedError: a member's bound or parameters became NaN/inf; the last saved
+            state is kept.
+    """
+    schedule = resolve_schedule(schedule, epochs)
+    total = schedule_epochs(schedule)
+    device = fleet.device
+    x_train = x_train.to(device=device, dtype=fleet.dtype)
+    n = x_train.shape[0]
+    if n < batch_size:
+        raise ValueError(f"need at least batch_size={batch_size} examples, got {n}")
+    steps_per_epoch = n // batch_size
+    block = _block_size(steps_per_epoch, block)
+    use_graph = device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
+    if use_graph and device.type != "cuda":
+        raise ValueError("cuda_graph=True needs the fleet on a CUDA device")
+    opt = fleet._make_optimizer(schedule[0].lr, graph=use_graph)
+    fprint = {**fleet.fingerprint(n, batch_size, binarize, data_digest(x_train)),
+              "noise": "counter-based (iwae_tutorial.noise)"}
+    state_dir = Path(run_dir) / STATE_DIR if run_dir is not None else None
+    history: list[list[dict]] = [[] for _ in range(len(fleet))]
+    t_start = time.perf_counter()
+    deadline = None if max_seconds is None else t_start + float(max_seconds)
+    with RunDirLock(run_dir, "--run-root") if run_dir is not None else _nothing():
+        start = 0
+        if state_dir is not None and resume and (state_dir / "index.pt").exists():
+            start, history = _resume(fleet, opt, state_dir, fprint, schedule)
+        steps = _Steps(fleet, opt, x_train, batch_size, binarize, block, use_graph)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, initial=start, unit="epoch", desc=f"fast fleet of "
+                       f"{len(fleet)}", leave=False)
+        last_save = time.perf_counter()
+        try:
+            for epoch in range(start, total):
+                lr = lr_at(schedule, epoch)
+                _set_lr(opt, lr)
+                t0 = time.perf_counter()
+                steps.new_epoch(epoch, steps_per_epoch)
+                for _ in range(steps_per_epoch // block):
+                    steps.run_block()
+                means = (steps.bound_sum / steps_per_epoch).cpu().tolist()  # one sync
+                bad = [fleet.names[fleet.order[p]] for p, s in
+                       enumerate(steps.first_bad.cpu().tolist()) if s >= 0]
+                bad += [name for name in fleet._nonfinite_members() if name not in bad]
+                if bad:
+                    raise TrainingDivergedError(
+                        f"member(s) {', '.join(map(repr, bad))}: the bound or a parameter "
+                        f"became NaN or infinite in epoch {epoch + 1}; the last saved state "
+                        f"is kept{f' in {state_dir}' if state_dir is not None else ''}. Try "
+                        "a lower learning rate.")
+                seconds = time.perf_counter() - t0
+                for p, i in enumerate(fleet.order):
+                    history[i].append({"epoch": epoch + 1, "lr": lr, "train_bound": means[p],
+                                       "seconds": seconds, "steps": steps_per_epoch})
+                if run_dir is not None:
+                    with open(Path(run_dir) / "log.jsonl", "a") as f:  # repaired on resume
+                        f.write(json.dumps(fleet._log_entries(history)[-1]) + "\n")
+                if bar is not None:
+                    bar.update(1)
+                if callback is not None:
+                    callback(epoch + 1, [h[-1] for h in history])
+                now = time.perf_counter()
+                stop = deadline is not None and now > deadline and epoch + 1 < total
+                if state_dir is not None and (stop or epoch + 1 == total
+                                              or now - last_save > checkpoint_every_s):
+                    _save(fleet, opt, state_dir, fprint, epoch + 1, history)
+                    last_save = now
+                if stop:
+                    return FastResult([list(h) for h in history], False, epoch + 1,
+                                      time.perf_counter() - t_start)
+        finally:
+            if bar is not None:
+                bar.close()
+    return FastResult([list(h) for h in history], True, total, time.perf_counter() - t_start)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        if isinstance(group["lr"], Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def _save(fleet, opt, state_dir: Path, fprint: dict, epochs_done: int,
+          history: list[list[dict]]) -> None:
+    save_sharded(state_dir, {
+        "params": {fleet._group_name(g): {k: t.detach() for k, t in g.params.items()}
+                   for g in fleet.groups},
+        "optimizer": opt.state_dict(), "epoch": epochs_done, "history": history,
+        "fingerprint": fprint, "names": fleet.names})
+    write_json_atomic(state_dir / "about.json", {
+        "epochs_done": epochs_done, "members": fleet.names,
+        "what": "the sharded state of iwae_tutorial.fast.fit_fast: carry this folder into "
+                "the next command to continue"})
+
+
+def _resume(fleet, opt, state_dir: Path, fprint: dict,
+            schedule: Sequence[Stage]) -> tuple[int, list[list[dict]]]:
+    state = load_sharded(state_dir, map_location=fleet.device)
+    check_resumable(state.get("fingerprint"), fprint, state["history"][0], schedule,
+                    str(state_dir.parent), place="another --run-root",
+                    other="another fleet or data set")
+    fleet._load_params(state["params"])
+    lrs = [group["lr"] for group in opt.param_groups]
+    opt.load_state_dict(state["optimizer"])
+    for group, lr0 in zip(opt.param_groups, lrs):
+        group["lr"] = lr0
+    history = [list(h) for h in state["history"]]
+    sync_log(state_dir.parent / "log.jsonl", fleet._log_entries(history))
+    return int(state["epoch"]), history
+
+
+def projected_hours(ms_per_step: float, batch_size: int, n_train: int = 59_600,
+                    epochs: int = 3280) -> float:
+    """Hours of training for ``epochs`` epochs at ``ms_per_step`` per fleet step."""
+    return ms_per_step * 1e-3 * epochs * math.floor(n_train / batch_size) / 3600.0

@@ -1,0 +1,699 @@
+"""Train many configurations at once, in one process: the fleet trainer.
+
+Table 1 of Burda et al. (2015) is 12 models (VAE/IWAE x k in {1, 5, 50} x 1 or 2 stochastic
+layers). Trained one after another with :func:`iwae_tutorial.train.fit`, each step of each model
+runs a few hundred small kernels and a Python loop around them. The fleet stacks the members
+instead:
+
+- members with the same architecture and the same ``k`` form a *group*; a group's parameters
+  are stacked, ``[M, ...]``, and its forward and backward passes are those of
+  :mod:`iwae_tutorial.stacked` (a handful of batched matmuls over all M members at once with
+  fused element-wise work; oneDNN for the large products on the CPU);
+- one Adam (fused when the device supports it) updates every parameter of every member:
+  Adam is element-wise, so one Adam over stacked tensors is M independent Adams;
+- every member keeps its own objective (members of a group may mix "vae" and "iwae"), its own
+  ``k``, data order, binarization and noise (the three generators of
+  :func:`iwae_tutorial.train.make_generators`, seeded by the member's seed) and its own Adam
+  moments. A member's result equals :func:`~iwae_tutorial.train.fit` of that model alone
+  with the same seed, up to float rounding (``tests/test_fleet.py`` checks it).
+
+On CUDA the step (forward, backward, Adam) is captured once in a CUDA graph and replayed, the
+members' random draws made eagerly into its static buffers, one host sync per epoch; written
+to be correct by construction, not run in this repository's tests (no GPU).
+
+Public API
+----------
+- :class:`FleetMember`: what a member is (objective, k, seed, name; the layers are the
+  model's).
+- :class:`Fleet`: ``Fleet(models, members)`` or :meth:`Fleet.from_configs`;
+  :meth:`Fleet.fit` (checkpointed, resumable, stoppable by time or signal);
+  :meth:`Fleet.model` (a member as a plain :class:`~iwae_tutorial.models.IWAE`);
+  :meth:`Fleet.save_members` (per-member run directories readable by
+  :func:`iwae_tutorial.runs.load_run`).
+- :class:`FitResult`, :class:`StopFlag` (SIGTERM/SIGINT as a flag), :data:`FLEET_CHECKPOINT`.
+- :func:`table1_configs`: the 12 configurations of Table 1 (RunConfig objects).
+
+The stacked layout and its log-weights are in :mod:`iwae_tutorial.stacked`; L_5000 of many
+models at once is :func:`iwae_tutorial.evaluate.log_likelihood_many`.
+
+Example::
+
+    from iwae_tutorial.experiments import load_dataset
+    from iwae_tutorial.fleet import Fleet, table1_configs
+
+    ds = load_dataset("mnist")
+    cfgs = table1_configs("mnist", epochs=4)
+    fleet = Fleet.from_configs(cfgs, ds, "cpu")
+    res = fleet.fit(ds.x_train, schedule=cfgs[0].schedule(), run_dir="runs/t1")
+    model = fleet.model("mnist-iwae-k50-2L-s0")  # a plain IWAE
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .checkpoints import RunDirLock, save_tensors, sync_log, write_json_atomic
+from .models import IWAE
+from .objectives import LOG_W_OBJECTIVES
+from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
+from .stacked import (
+    StackedSpec,
+    resolve_gemm,
+    stack_state_dicts,
+    stacked_log_weights,
+    unstack_state_dict,
+)
+from .train import (
+    LOG_NAME,
+    TrainingDivergedError,
+    check_resumable,
+    check_state,
+    data_digest,
+    fingerprint,
+    load_checkpoint,
+    make_generators,
+)
+
+__all__ = ["FleetMember", "Fleet", "FitResult", "table1_configs", "FLEET_CHECKPOINT",
+           "StopFlag"]
+
+FLEET_CHECKPOINT = "fleet.pt"
+
+
+# ---------------------------------------------------------------------------------- members
+@dataclass(frozen=True)
+class FleetMember:
+    """One configuration trained in the fleet."""
+
+    objective: str  # a key of objectives.LOG_W_OBJECTIVES ("vae", "iwae")
+    k: int
+    seed: int
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.objective not in LOG_W_OBJECTIVES:
+            raise ValueError(
+                f"the fleet trains objectives that are functions of the log-weights: "
+                f"{sorted(LOG_W_OBJECTIVES)}; got {self.objective!r} (train it with train.fit)")
+        if int(self.k) < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+
+
+def table1_configs(dataset: str = "mnist", *, epochs: int | None = None,
+                   n_train: int | None = None, seed: int = 0, batch_size: int = 20,
+                   lr_scale: float = 1.0) -> list:
+    """The 12 configurations of Table 1 (VAE/IWAE x k in 1, 5, 50 x 1 or 2 stochastic layers),
+    as :class:`~iwae_tutorial.experiments.RunConfig`, all with the same ``seed``."""
+    from .experiments import RunConfig
+    from .paper import ARCHITECTURES, table1_grid
+
+    return [RunConfig(dataset=dataset, objective=objective, k=k,
+                      layers=[list(s) for s in ARCHITECTURES[layers]], epochs=epochs,
+                      n_train=n_train, seed=seed, batch_size=batch_size, lr_scale=lr_scale)
+            for layers, objective, k in table1_grid()]
+
+
+# ------------------------------------------------------------------------------- the groups
+class _Group:
+    """Members with the same architecture and k: stacked parameters and per-member objectives."""
+
+    def __init__(self, spec: StackedSpec, k: int, idx: list[int], objectives: list[str],
+                 params: dict[str, Tensor], gemm: str = "bmm"):
+        self.spec, self.k, self.idx, self.gemm = spec, k, idx, gemm
+        self.params = params
+        self.objective_names = sorted(set(objectives))
+        self.fns = [LOG_W_OBJECTIVES[o] for o in self.objective_names]
+        self.obj_index = torch.tensor([self.objective_names.index(o) for o in objectives],
+                                      device=next(iter(params.values())).device)
+
+    @property
+    def size(self) -> int:
+        return len(self.idx)
+
+    def bound(self, p: dict[str, Tensor], x: Tensor, eps: Sequence[Tensor]) -> Tensor:
+        """Each member's objective per data point: [M, B]."""
+        lw = stacked_log_weights(p, self.spec, x, eps, gemm=self.gemm).transpose(0, 1)
+        if len(self.fns) == 1:
+            return self.fns[0](lw)
+        bounds = torch.stack([fn(lw) for fn in self.fns])  # [n_obj, M, B]
+        sel = self.obj_index.view(1, -1, 1).expand(1, bounds.shape[1], bounds.shape[2])
+        return bounds.gather(0, sel).squeeze(0)
+
+
+def _group_loss(groups: Sequence[_Group], xs: Sequence[Tensor],
+                eps: Sequence[Sequence[Tensor]]) -> tuple[Tensor, Tensor]:
+    """Sum over members of the negative batch-mean objective, and the bounds [M_total]."""
+    loss = None
+    bounds = []
+    for g, x, e in zip(groups, xs, eps):
+        b = g.bound(g.params, x, e).mean(1)  # [M]
+        loss = -b.sum() if loss is None else loss - b.sum()
+        bounds.append(b.detach())
+    return loss, torch.cat(bounds)
+
+
+# ------------------------------------------------------------------------------- the fleet
+@dataclass
+class _Position:
+    """Where :meth:`Fleet.fit` is: epochs done, step within the current epoch, and that
+    epoch's data orders and running sums (in the fleet's internal member order)."""
+
+    history: list[list[dict]]  # per member (member order), per epoch
+    epoch: int = 0
+    step: int = 0
+    orders: Tensor | None = None  # [M, n]
+    bound_sum: Tensor | None = None  # [M] float64
+    first_bad: Tensor | None = None  # [M]: first step with a non-finite bound, or -1
+    epoch_seconds: float = 0.0
+
+    def new_epoch(self, epoch: int, orders: list[Tensor], device: torch.device) -> None:
+        M = len(orders)
+        self.epoch, self.step, self.epoch_seconds = epoch, 0, 0.0
+        self.orders = torch.stack(orders).to(device)
+        self.bound_sum = torch.zeros(M, dtype=torch.float64, device=device)
+        self.first_bad = torch.full((M,), -1, dtype=torch.long, device=device)
+
+    def add(self, step: int, bounds: Tensor) -> None:
+        self.bound_sum += bounds.double()
+        bad = ~torch.isfinite(bounds) & (self.first_bad < 0)
+        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step),
+                                     self.first_bad)
+
+    def end_epoch(self, epochs_done: int) -> None:
+        self.epoch, self.step, self.epoch_seconds = epochs_done, 0, 0.0
+
+
+@dataclass
+class FitResult:
+    """What :meth:`Fleet.fit` did: per-member histories, and whether the schedule is done."""
+
+    history: list[list[dict]]  # per member (in member order), per epoch
+    finished: bool  # False: stopped early (time limit or signal), checkpointed; call again
+    epochs_done: int
+    seconds: float  # training wall time of this call
+
+
+class Fleet:
+    """Many IWAE/VAE models trained together (see the module docstring).
+
+    Args:
+        models: the initialised members (e.g. from
+            :func:`iwae_tutorial.experiments.build_model`, which seeds the initialisation);
+            all on one device. Their weights are copied into the fleet's stacked tensors.
+        members: one :class:`FleetMember` per model (objective, k, seed, name).
+        gemm: matrix products by "bmm" (torch.bmm; any device), "onednn" (float32 on the
+            CPU; ~2x faster where MKL is slow, see
+            :func:`~iwae_tutorial.stacked.onednn_available`) or "auto"
+            (oneDNN when usable; ``$IWAE_FLEET_GEMM`` overrides).
+    """
+
+    def __init__(self, models: Sequence[IWAE], members: Sequence[FleetMember],
+                 gemm: str = "auto"):
+        if len(models) != len(members) or not models:
+            raise ValueError("give one FleetMember per model, and at least one model")
+        self.members = list(members)
+        names = [m.name or f"member{i}" for i, m in enumerate(self.members)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"member names must be unique, got {names}")
+        self.names = names
+        self.device = models[0].device
+        self.dtype = next(models[0].parameters()).dtype
+        if any(m.device != self.device for m in models):
+            raise ValueError("all models of a fleet must be on the same device")
+        self.specs = [StackedSpec.of(m) for m in models]
+        self.gemm = resolve_gemm(gemm, self.device, self.dtype)
+        keys: dict[tuple, list[int]] = {}
+        for i, (spec, mem) in enumerate(zip(self.specs, self.members)):
+            keys.setdefault((spec, int(mem.k)), []).append(i)
+        self.groups: list[_Group] = []
+        for (spec, k), idx in keys.items():
+            params = stack_state_dicts([models[i].state_dict() for i in idx], spec)
+            params = {n: t.to(self.device).requires_grad_(True) for n, t in params.items()}
+            self.groups.append(_Group(spec, k, idx, [self.members[i].objective for i in idx],
+                                      params, self.gemm))
+        # member order <-> the fleet's internal order (groups contiguous)
+        self.order = [i for g in self.groups for i in g.idx]
+        self.position = {i: pos for pos, i in enumerate(self.order)}
+
+    # ----------------------------------------------------------------------- construction
+    @classmethod
+    def from_configs(cls, cfgs: Sequence, ds, device: torch.device | str = "cpu",
+                     gemm: str = "auto") -> Fleet:
+        """A fleet of :class:`~iwae_tutorial.experiments.RunConfig` on data set ``ds``, each
+        member initialised exactly as :func:`~iwae_tutorial.experiments.build_model` does."""
+        from .experiments import build_model
+
+        models = [build_model(c, ds, device) for c in cfgs]
+        members = [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs]
+        return cls(models, members, gemm=gemm)
+
+    # ----------------------------------------------------------------------- access
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def parameters(self) -> list[Tensor]:
+        return [t for g in self.groups for t in g.params.values()]
+
+    def _locate(self, i: int) -> tuple[_Group, int]:
+        for g in self.groups:
+            if i in g.idx:
+                return g, g.idx.index(i)
+        raise IndexError(i)
+
+    def state_dict_of(self, i: int) -> dict[str, Tensor]:
+        """Member i's weights as a normal ``IWAE`` state dict (copies)."""
+        g, j = self._locate(i)
+        return unstack_state_dict(g.params, j, g.spec)
+
+    def model(self, i: int | str, device: torch.device | str | None = None) -> IWAE:
+        """Member ``i`` (index or name) as a plain :class:`IWAE` in eval mode."""
+        if isinstance(i, str):
+            i = self.names.index(i)
+        m = self.specs[i].build().to(device or self.device)
+        m.load_state_dict(self.state_dict_of(i))
+        return m.eval()
+
+    def models(self, device: torch.device | str | None = None) -> list[IWAE]:
+        return [self.model(i, device) for i in range(len(self))]
+
+    def fingerprint(self, n: int, batch_size: int, binarize: bool, data: str) -> dict:
+        """What must not change between a fleet checkpoint and its resumption, as a flat
+        dict (``members``, ``binarize``, ``data``, then ``<member>.<key>``)."""
+        out: dict = {"members": list(self.names), "binarize": bool(binarize), "data": data}
+        for nm, m, sp in zip(self.names, self.members, self.specs):
+            member = {**fingerprint(m.objective, m.k, batch_size, m.seed, n),
+                      "layers": [list(s) for s in sp.layers], "x_dim": sp.x_dim,
+                      "likelihood": sp.likelihood}
+            out.update({f"{nm}.{key}": v for key, v in member.items()})
+        return out
+
+    def _nonfinite_members(self) -> list[str]:
+        """Names of the members with a NaN or inf parameter (one host sync)."""
+        flags = torch.cat([torch.stack([torch.isfinite(t.detach().flatten(1).sum(1))  # [M_g]
+                                        for t in g.params.values()]).all(0)
+                           for g in self.groups])  # internal order
+        return [self.names[self.order[pos]] for pos in
+                (~flags).nonzero().flatten().tolist()]
+
+    # ----------------------------------------------------------------------- training
+    def fit(
+        self,
+        x_train: Tensor,
+        *,
+        schedule: Sequence[Stage] | None = None,
+        epochs: int | None = None,
+        batch_size: int = 20,
+        binarize: bool = True,
+        run_dir: str | Path | None = None,
+        resume: bool = True,
+        max_seconds: float | None = None,
+        handle_signals: bool = True,
+        cuda_graph: bool | None = None,
+        progress: bool = True,
+        callback: Callable[[int, list[dict]], None] | None = None,
+        _stop_after_steps: int | None = None,
+    ) -> FitResult:
+        """Train every member on ``x_train`` with the schedule (default: the paper's).
+
+        Each member sees exactly what :func:`iwae_tutorial.train.fit` with its seed would:
+        its own shuffled order per epoch, its own binarization and noise.
+
+        Args:
+            x_train: [n, x_dim] grey values (binarized per batch when ``binarize``).
+            schedule, epochs: as in :func:`~iwae_tutorial.train.fit`.
+            run_dir: where ``fleet.pt`` (everything: stacked weights, Adam, generators,
+                position in the epoch) is written atomically after every epoch and when
+                stopping early; an existing one is resumed when ``resume``.
+            max_seconds: stop cleanly (checkpointed, mid-epoch if need be) at the end of the
+                first step after this many seconds; call again to continue.
+            handle_signals: SIGTERM/SIGINT stop at the end of the current step, checkpointed
+                (only in the main thread).
+            cuda_graph: capture the step in a CUDA graph (default: on for CUDA).
+
+        Returns:
+            :class:`FitResult`. ``finished`` is False when it stopped early.
+
+        Raises:
+            TrainingDivergedError: a member's bound became NaN/inf (named in the message);
+                the last good checkpoint is kept.
+        """
+        schedule = resolve_schedule(schedule, epochs)
+        total_epochs = schedule_epochs(schedule)
+        device = self.device
+        x_dim = self.specs[0].x_dim
+        if any(s.x_dim != x_dim for s in self.specs):
+            raise ValueError("all members must model data of the same size")
+        if x_train.dim() != 2 or x_train.shape[1] != x_dim:
+            raise ValueError(f"x_train must be [n, {x_dim}], got {tuple(x_train.shape)}")
+        x_train = x_train.to(device=device, dtype=self.dtype)
+        n = x_train.shape[0]
+        if n < batch_size:
+            raise ValueError(f"need at least batch_size={batch_size} examples, got {n}")
+        steps_per_epoch = n // batch_size
+        on_cuda = device.type == "cuda"
+        use_graph = on_cuda if cuda_graph is None else bool(cuda_graph)
+        if use_graph and not on_cuda:
+            raise ValueError("cuda_graph=True needs the fleet on a CUDA device")
+
+        gens = [make_generators(m.seed, device) for m in self.members]
+        opt = self._make_optimizer(schedule[0].lr, graph=use_graph)
+        ckpt_path = Path(run_dir) / FLEET_CHECKPOINT if run_dir is not None else None
+        fprint = self.fingerprint(n, batch_size, binarize, data_digest(x_train))
+        pos = _Position([[] for _ in range(len(self))])
+        t_start = time.perf_counter()
+        deadline = None if max_seconds is None else t_start + float(max_seconds)
+        steps_run = 0
+
+        def stopping() -> bool:
+            timed_out = deadline is not None and time.perf_counter() > deadline
+            halt = _stop_after_steps is not None and steps_run >= _stop_after_steps
+            return stop.requested or timed_out or halt
+
+        def result(finished: bool, epochs_done: int) -> FitResult:
+            return FitResult([list(h) for h in pos.history], finished, epochs_done,
+                             time.perf_counter() - t_start)
+
+        with contextlib.ExitStack() as stack:
+            if run_dir is not None:  # one process at a time in a run directory
+                stack.enter_context(RunDirLock(run_dir, "--run-root"))
+            if ckpt_path is not None and resume and ckpt_path.exists():
+                pos = self._resume(ckpt_path, opt, gens, fprint, schedule)
+            elif ckpt_path is not None and ckpt_path.with_name(LOG_NAME).exists():
+                ckpt_path.with_name(LOG_NAME).unlink()  # a fresh start: the old log goes
+            stepper = _Stepper(self, opt, batch_size, x_dim, use_graph=use_graph)
+            stop = stack.enter_context(StopFlag(handle_signals))
+            bar = None
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = stack.enter_context(tqdm(total=total_epochs, initial=pos.epoch,
+                                               unit="epoch", desc=f"fleet of {len(self)}",
+                                               leave=False))
+            for epoch in range(pos.epoch, total_epochs):
+                lr = lr_at(schedule, epoch)
+                _set_lr(opt, lr)
+                t0 = time.perf_counter()
+                if pos.step == 0:
+                    pos.new_epoch(epoch, [torch.randperm(n, generator=gens[i]["order"])
+                                          for i in self.order], device)
+                for step in range(pos.step, steps_per_epoch):
+                    idx = pos.orders[:, step * batch_size:(step + 1) * batch_size]
+                    pos.add(step, stepper.step(x_train, idx, gens, binarize))
+                    steps_run += 1
+                    if stopping() and step + 1 < steps_per_epoch:  # stop mid-epoch, saved
+                        self._check_finite(pos, epoch, steps_per_epoch, ckpt_path)
+                        pos.step = step + 1
+                        pos.epoch_seconds += time.perf_counter() - t0
+                        self._save(ckpt_path, opt, gens, fprint, pos)
+                        return result(False, epoch)
+                self._check_finite(pos, epoch, steps_per_epoch, ckpt_path)
+                means = (pos.bound_sum / steps_per_epoch).cpu().tolist()  # one sync per epoch
+                seconds = pos.epoch_seconds + time.perf_counter() - t0
+                for p_, i in enumerate(self.order):
+                    pos.history[i].append({"epoch": epoch + 1, "lr": lr,
+                                           "train_bound": means[p_], "seconds": seconds,
+                                           "steps": steps_per_epoch})
+                pos.end_epoch(epoch + 1)
+                self._save(ckpt_path, opt, gens, fprint, pos)
+                if ckpt_path is not None:  # after the checkpoint (see _resume)
+                    with open(ckpt_path.with_name(LOG_NAME), "a") as f:
+                        f.write(json.dumps(self._log_entries(pos.history)[-1]) + "\n")
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(sec=f"{seconds:.1f}")
+                if callback is not None:
+                    callback(epoch + 1, [h[-1] for h in pos.history])
+                if stopping() and epoch + 1 < total_epochs:
+                    return result(False, epoch + 1)
+        return result(True, total_epochs)
+
+    def _resume(self, ckpt_path: Path, opt: torch.optim.Optimizer, gens: list[dict],
+                fprint: dict, schedule: Sequence[Stage]) -> _Position:
+        """Load a fleet checkpoint into the fleet, ``opt`` and ``gens`` after checking that
+        it is this fleet's; repair ``log.jsonl`` from its history. -> where it stopped."""
+        state = load_checkpoint(ckpt_path, map_location=self.device)
+        check_state(state, ("params", "optimizer", "rng", "epoch", "step", "history"),
+                    ckpt_path)
+        saved = state.get("fingerprint")
+        old = saved.get("members") if isinstance(saved, dict) else None
+        if isinstance(old, list) and old and isinstance(old[0], dict):  # older versions' layout
+            saved = {"members": [m.get("name") for m in old], "binarize": saved.get("binarize")}
+        check_resumable(saved, fprint, state["history"][0], schedule, str(ckpt_path.parent),
+                        place="another --run-root", other="another fleet or data set")
+        self._load_params(state["params"])
+        lrs = [group["lr"] for group in opt.param_groups]
+        opt.load_state_dict(state["optimizer"])
+        for group, lr0 in zip(opt.param_groups, lrs):  # keep this optimizer's lr type
+            group["lr"] = lr0  # (a float, or a device tensor for CUDA graphs); set later
+        for g, s in zip(gens, state["rng"]):
+            for name in g:
+                g[name].set_state(s[name].cpu())  # CPU ByteTensors, even for CUDA
+        pos = _Position([list(h) for h in state["history"]], int(state["epoch"]),
+                        int(state["step"]))
+        if pos.step > 0:
+            pos.orders = state["orders"].to(self.device)
+            pos.bound_sum = state["bound_sum"].to(self.device)
+            pos.first_bad = state["first_bad"].to(self.device)
+            pos.epoch_seconds = float(state["epoch_seconds"])
+        sync_log(ckpt_path.with_name(LOG_NAME), self._log_entries(pos.history))
+        return pos
+
+    def _save(self, ckpt_path: Path | None, opt: torch.optim.Optimizer, gens: list[dict],
+              fprint: dict, pos: _Position) -> None:
+        """Write the fleet checkpoint (everything to resume at ``pos``), unless a member's
+        parameters are NaN or infinite (then the last good checkpoint stays)."""
+        bad = self._nonfinite_members()
+        if bad:
+            where = (f"the last good checkpoint is kept at {ckpt_path}" if ckpt_path is not
+                     None and ckpt_path.exists() else "no checkpoint was written")
+            raise TrainingDivergedError(
+                f"member(s) {', '.join(map(repr, bad))}: a parameter became NaN or infinite "
+                f"by epoch {pos.epoch + (1 if pos.step else 0)} (a non-finite gradient with "
+                f"a finite bound); {where}. Try a lower learning rate.")
+        if ckpt_path is None:
+            return
+        state = {
+            "params": {self._group_name(g): {n_: t.detach() for n_, t in g.params.items()}
+                       for g in self.groups},
+            "optimizer": opt.state_dict(),
+            "rng": [{name: gg.get_state() for name, gg in g.items()} for g in gens],
+            "epoch": pos.epoch, "step": pos.step, "history": pos.history,
+            "fingerprint": fprint, "members": [asdict(m) for m in self.members],
+            "names": self.names,
+        }
+        if pos.step > 0:
+            state.update(orders=pos.orders.cpu(), bound_sum=pos.bound_sum.cpu(),
+                         first_bad=pos.first_bad.cpu(), epoch_seconds=pos.epoch_seconds)
+        save_tensors(ckpt_path, state)
+
+    def _log_entries(self, history: Sequence[Sequence[dict]]) -> list[dict]:
+        """The lines of the fleet's ``log.jsonl``, one per epoch, from the members' histories."""
+        return [{"epoch": first["epoch"], "lr": first["lr"], "seconds": first["seconds"],
+                 "train_bound": {self.names[i]: history[i][e]["train_bound"]
+                                 for i in range(len(self))}}
+                for e, first in enumerate(history[0])]
+
+    def _check_finite(self, pos: _Position, epoch: int, steps_per_epoch: int,
+                      ckpt_path: Path | None) -> None:
+        bad = pos.first_bad.cpu().tolist()
+        for pos, s in enumerate(bad):
+            if s >= 0:
+                _diverged(self.names[self.order[pos]], epoch, s, steps_per_epoch, ckpt_path)
+
+    def _make_optimizer(self, lr: float, graph: bool) -> torch.optim.Adam:
+        """One Adam over all stacked parameters (betas and eps of train.make_optimizer)."""
+        params = self.parameters()
+        kw: dict = {"betas": (0.9, 0.999), "eps": 1e-4}
+        if graph:  # capturable in a CUDA graph; lr a device tensor so it can change
+            return torch.optim.Adam(params, lr=torch.tensor(lr, device=self.device),
+                                    capturable=True, foreach=True, **kw)
+        try:
+            return torch.optim.Adam(params, lr=lr, fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError):  # pragma: no cover - old torch/device
+            return torch.optim.Adam(params, lr=lr, foreach=True, **kw)
+
+    def _group_name(self, g: _Group) -> str:
+        return "+".join(self.names[i] for i in g.idx)
+
+    def _load_params(self, stacked: dict[str, dict[str, Tensor]]) -> None:
+        for g in self.groups:
+            src = stacked[self._group_name(g)]
+            with torch.no_grad():
+                for n_, t in g.params.items():
+                    t.copy_(src[n_])
+
+    # ----------------------------------------------------------------------- saving
+    def save_members(self, directory: str | Path, configs: Sequence | None = None,
+                     histories: Sequence[Sequence[dict]] | None = None) -> list[Path]:
+        """One run directory per member (``<directory>/<name>/``) with ``checkpoint.pt``
+        (model weights, model config, history) and, when ``configs`` (RunConfig per member)
+        are given, ``config.json``, so :func:`iwae_tutorial.runs.load_run` reads it.
+        Also writes ``<directory>/fleet.json`` (the members and their files)."""
+        from .runs import write_run
+
+        directory = Path(directory)
+        out = [write_run(directory / name, self.model(i, device="cpu"),
+                         configs[i] if configs is not None else None,
+                         histories[i] if histories is not None else [],
+                         trained_by="iwae_tutorial.fleet")
+               for i, name in enumerate(self.names)]
+        meta = {"members": [{"name": nm, **asdict(m), "layers": [list(s) for s in sp.layers],
+                             "dir": nm} for nm, m, sp in zip(self.names, self.members,
+                                                               self.specs)]}
+        write_json_atomic(directory / "fleet.json", meta)
+        return out
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        if isinstance(group["lr"], Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+
+
+def _diverged(name: str, epoch: int, step: int, steps_per_epoch: int,
+              ckpt_path: Path | None) -> None:
+    where = (f"the last good checkpoint is kept at {ckpt_path}" if ckpt_path is not None
+             and ckpt_path.exists() else "no checkpoint was written")
+    raise TrainingDivergedError(
+        f"member {name!r}: the bound became NaN or infinite at epoch {epoch + 1}, step "
+        f"{step + 1} of {steps_per_epoch}; {where}. Try a lower learning rate.")
+
+
+class StopFlag:
+    """SIGTERM/SIGINT set a flag (checked at the end of each step) instead of killing."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._old: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> StopFlag:
+        if self.enabled:
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+# ------------------------------------------------------------------------------- stepping
+class _Stepper:
+    """Draws each member's batch and noise and runs one optimisation step of the fleet."""
+
+    def __init__(self, fleet: Fleet, opt: torch.optim.Optimizer, batch_size: int, x_dim: int,
+                 use_graph: bool):
+        self.fleet, self.opt, self.B = fleet, opt, batch_size
+        dev = fleet.device
+        dt = fleet.dtype
+        M = len(fleet)
+        self.x_buf = torch.empty(M, batch_size, x_dim, device=dev, dtype=dt)
+        # per group per layer [M_g, k, B, d_l]
+        self.eps_buf = [[torch.empty(g.size, g.k, batch_size, d, device=dev, dtype=dt)
+                         for d in g.spec.latent_dims] for g in fleet.groups]
+        self.loss_fn = _group_loss
+        self.graph = None
+        if use_graph:
+            self.graph = _CudaGraphStep(self)
+
+    def draw(self, x_train: Tensor, idx: Tensor, gens: list[dict], binarize: bool) -> None:
+        """Fill x_buf and eps_buf with the members' batches and noise (their generators)."""
+        fleet = self.fleet
+        x = x_train[idx]  # [M, B, D] internal order
+        if binarize:
+            for pos, i in enumerate(fleet.order):
+                torch.bernoulli(x[pos], generator=gens[i]["binarize"], out=self.x_buf[pos])
+        else:
+            self.x_buf.copy_(x)
+        for g, bufs in zip(fleet.groups, self.eps_buf):
+            for j, i in enumerate(g.idx):
+                for buf in bufs:  # layer order, as IWAE.sample_q draws them
+                    torch.randn(buf.shape[1:], generator=gens[i]["noise"], out=buf[j])
+
+    def xs(self) -> list[Tensor]:
+        return list(self.x_buf.split([g.size for g in self.fleet.groups]))
+
+    def eager_step(self) -> Tensor:
+        loss, bounds = self.loss_fn(self.fleet.groups, self.xs(), self.eps_buf)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return bounds
+
+    def step(self, x_train: Tensor, idx: Tensor, gens: list[dict], binarize: bool) -> Tensor:
+        self.draw(x_train, idx, gens, binarize)
+        if self.graph is not None:
+            return self.graph.replay()
+        return self.eager_step()
+
+
+class _CudaGraphStep:
+    """The fleet's step (loss, backward, Adam) captured once in a CUDA graph.
+
+    Warm-up runs real steps on a side stream (as the PyTorch documentation prescribes), so
+    the parameters and Adam state are snapshotted before and restored after it: the capture
+    itself changes nothing, and the first replay is the first real step. Random draws are
+    made outside the graph into its static buffers (see :meth:`_Stepper.draw`).
+    Unmeasured in this repository (no GPU was available); written to be correct by
+    construction.
+    """
+
+    def __init__(self, stepper: _Stepper):
+        self.stepper = stepper
+        opt = stepper.opt
+        params = stepper.fleet.parameters()
+        # fill the static buffers with harmless values for the warm-up
+        stepper.x_buf.zero_()
+        for bufs in stepper.eps_buf:
+            for b in bufs:
+                b.zero_()
+        snap_p = [p.detach().clone() for p in params]
+        had_state = {p: {k: (v.clone() if isinstance(v, Tensor) else v)
+                         for k, v in opt.state[p].items()} for p in params if p in opt.state}
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                stepper.eager_step()
+        torch.cuda.current_stream().wait_stream(s)
+        with torch.no_grad():
+            for p, v in zip(params, snap_p):
+                p.copy_(v)
+            for p in params:
+                st = opt.state[p]
+                old = had_state.get(p)
+                for k, v in st.items():
+                    if isinstance(v, Tensor):
+                        if old is not None and k in old:
+                            v.copy_(old[k])
+                        else:
+                            v.zero_()
+        self.graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            loss, bounds = stepper.loss_fn(stepper.fleet.groups, stepper.xs(), stepper.eps_buf)
+            loss.backward()
+            opt.step()
+        self.bounds = bounds
+
+    def replay(self) -> Tensor:
+        self.graph.replay()
+        return self.bounds.clone()

@@ -1,0 +1,20 @@
+"""Helpers shared by the plotting modules."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+
+
+def get_axes(ax: Axes | None, figsize: tuple[float, float] = (6, 4)) -> Axes:
+    """``ax``, or the axes of a new figure of ``figsize``."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def to_numpy(t: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A tensor (any device, with or without grad) or array as a NumPy array."""
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)

@@ -1,0 +1,253 @@
+"""The one result schema, written and read here, and the paper's Table 1 laid out from it.
+
+Every trained model is recorded the same way, by :func:`model_record`: in the ``result.json`` of
+``train``, the ``eval.json`` of ``evaluate`` and each entry of ``configurations`` in the table
+files of ``reproduce``. Its evaluation fields come from :func:`evaluation_fields`. Files
+written before this schema (keys ``test_nll``, ``test_nll_stderr``, ``wall_seconds``,
+``epochs_done``, ``final_train_bound``, ``run_name``) are read through :func:`read_record`,
+the one place that knows the old names; their provenance is kept as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .paper import PAPER_EPOCHS, TABLE1_KS, paper_numbers
+
+__all__ = ["published_dir", "SCHEMA", "model_record", "evaluation_fields", "read_record", "read_run_result",
+           "load_result", "find_results", "table1_cells", "table1_markdown",
+           "active_units_markdown", "provenance_markdown", "gap_summary"]
+
+SCHEMA = "iwae-tutorial/result-1"
+
+
+def published_dir() -> Path | None:
+    """The project's committed result files: ``iwae_tutorial/published/`` in an installed
+    package (the wheel carries ``results/`` there), else ``results/`` of the source tree the
+    package runs from; None when neither exists. A chapter opened alone in a fresh kernel
+    (Colab) thus shows the same tables as the built book."""
+    here = Path(__file__).resolve().parent
+    for d in (here / "published", here.parent.parent / "results"):
+        if d.is_dir() and any(d.glob("*.json")):
+            return d
+    return None
+#: old key -> key of the one schema (files written before it)
+_OLD_KEYS = {"test_nll": "nll", "test_nll_stderr": "nll_stderr", "wall_seconds": "wall_time_s",
+             "epochs_done": "epochs", "final_train_bound": "train_bound", "run_name": "name"}
+
+_REQUIRED = ("dataset", "budget", "protocol", "configurations", "provenance")
+KS = TABLE1_KS
+ROWS = (("vae", 1), ("iwae", 1), ("vae", 2), ("iwae", 2))
+
+
+def evaluation_fields(log_likelihood: Any, *, k: int, n_total: int, seed: int,
+                      binarized: bool, active_units: Any, active_units_n: int,
+                      threshold: float) -> dict[str, Any]:
+    """The evaluation part of a record: test NLL = -mean L_k over the first n test images
+    (binarized once with ``seed`` when ``binarized``), its standard error, and the active
+    units counted the paper's way (see :func:`iwae_tutorial.evaluate.paper_active_units`).
+
+    log_likelihood: [n] float64 per-image L_k; active_units: an ``ActiveUnits``.
+    """
+    nll = -log_likelihood
+    n = int(nll.shape[0])
+    return {
+        "nll": float(nll.mean()),
+        "nll_stderr": float(nll.std() / math.sqrt(n)) if n > 1 else None,
+        "eval_k": int(k),
+        "eval_n": n,
+        "eval_n_total": int(n_total),
+        "eval_subset": ("all test images" if n == n_total
+                        else f"the first {n} of the {n_total} test images"),
+        "eval_seed": int(seed),
+        "test_binarization": (f"one fixed Bernoulli draw (CPU generator seed {seed})"
+                              if binarized else "none"),
+        "active_units": list(active_units.counts),
+        "active_units_total": int(sum(active_units.counts)),
+        "active_units_variances": [v.tolist() for v in active_units.variances],
+        "active_units_n": int(active_units_n),
+        "active_units_threshold": float(threshold),
+    }
+
+
+def model_record(config: dict[str, Any], dataset: str, history: list[dict],
+                 evaluation: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """One trained model, as every result file records it.
+
+    Args:
+        config: the model's :class:`~iwae_tutorial.experiments.RunConfig` as a dict.
+        dataset: the data set's name.
+        history: the per-epoch log of training (``epoch``, ``train_bound``, ...).
+        evaluation: :func:`evaluation_fields`, or None when it was not evaluated.
+        extra: more fields (``wall_time_s``, ``device``, ``run_dir``, ...).
+    """
+    layers = [list(s) for s in config["layers"]]
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "name": f"{config.get('dataset', dataset)}-{config['objective']}-k{config['k']}-"
+                f"{len(layers)}L-s{config['seed']}",
+        "dataset": dataset,
+        "config": dict(config),
+        "objective": config["objective"],
+        "k": int(config["k"]),
+        "stochastic_layers": len(layers),
+        "layers": layers,
+        "seed": int(config["seed"]),
+        "epochs": int(history[-1]["epoch"]) if history else 0,
+        "train_bound": float(history[-1]["train_bound"]) if history else None,
+        "train_bound_per_epoch": [float(h["train_bound"]) for h in history],
+        "nll": None, "nll_stderr": None, "eval_k": None, "eval_n": None,
+        "active_units": None,
+    }
+    if evaluation is not None:
+        record.update(evaluation)
+    paper = paper_numbers(dataset, record["objective"], record["k"], len(layers))
+    record["paper"] = paper
+    record["gap_to_paper_nll"] = (record["nll"] - paper["nll"]
+                                  if record["nll"] is not None and paper["nll"] is not None
+                                  else None)
+    record.update(extra)
+    return record
+
+
+def read_record(record: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
+    """A model record in the one schema, whether it was written in it or before it: old key
+    names mapped, and the paper's numbers (quoted constants, not measurements) taken from
+    :mod:`iwae_tutorial.paper`; the measurements and the provenance are kept as written."""
+    out = {_OLD_KEYS.get(k, k): v for k, v in record.items()}
+    if "objective" not in out and "config" in out:
+        cfg = out["config"]
+        out.update(objective=cfg["objective"], k=cfg["k"], layers=cfg["layers"],
+                   stochastic_layers=len(cfg["layers"]), seed=cfg["seed"])
+    dataset = dataset or out.get("dataset")
+    if dataset is not None and "objective" in out:
+        paper = paper_numbers(dataset, out["objective"], int(out["k"]),
+                              int(out.get("stochastic_layers", len(out["layers"]))))
+        out["paper"] = paper
+        out["gap_to_paper_nll"] = (out["nll"] - paper["nll"] if out.get("nll") is not None
+                                   and paper["nll"] is not None else None)
+    return out
+
+
+def read_run_result(path: str | Path) -> dict[str, Any]:
+    """The ``result.json`` of ``train`` or the ``eval.json`` of ``evaluate``, in the one
+    schema."""
+    path = Path(path)
+    try:
+        return read_record(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read the result file {path}: {e}") from e
+
+
+def load_result(path: str | Path) -> dict[str, Any]:
+    """One result file, checked for the keys the book relies on."""
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read the result file {path}: {e}") from e
+    missing = [k for k in _REQUIRED if k not in result]
+    if missing:
+        raise ValueError(f"{path} is not a result of `iwae_tutorial reproduce` (no {missing})")
+    result["configurations"] = [read_record(c, result["dataset"])
+                                for c in result["configurations"]]
+    result["_path"] = str(path)
+    return result
+
+
+def find_results(results_dir: str | Path = "results", dataset: str | None = None
+                 ) -> list[dict[str, Any]]:
+    """All complete result files in ``results_dir`` (optionally of one dataset), longest
+    training first."""
+    out = []
+    for p in sorted(Path(results_dir).glob("*.json")):
+        try:
+            r = load_result(p)
+        except ValueError:
+            continue
+        if r.get("status") == "complete" and (dataset is None or r["dataset"] == dataset):
+            out.append(r)
+    return sorted(out, key=lambda r: -int(r["protocol"]["epochs"]))
+
+
+def table1_cells(result: dict[str, Any]) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """{(objective, stochastic layers, k): configuration entry} for the Table 1 cells."""
+    return {(c["objective"], int(c["stochastic_layers"]), int(c["k"])): c
+            for c in result["configurations"]}
+
+
+def _fmt(v: float | None, nd: int = 2) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+
+
+def table1_markdown(result: dict[str, Any]) -> str:
+    """Test NLL per cell as "ours (paper, gap)" in the paper's layout, as a Markdown table."""
+    cells = table1_cells(result)
+    head = "| model | stochastic layers | " + " | ".join(f"k = {k}" for k in KS) + " |"
+    lines = [head, "|---|---|" + "---|" * len(KS)]
+    for obj, layers in ROWS:
+        row = [obj.upper(), str(layers)]
+        for k in KS:
+            c = cells.get((obj, layers, k))
+            if c is None:
+                row.append("–")
+                continue
+            paper = c.get("paper", {}).get("nll")
+            ours = _fmt(c["nll"])
+            if c.get("nll_stderr") is not None:
+                ours += f" ± {c['nll_stderr']:.2f}"
+            if paper is not None:
+                ours += f" ({paper:.2f}, {c['nll'] - paper:+.2f})"
+            row.append(ours)
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def active_units_markdown(result: dict[str, Any]) -> str:
+    """Active units per cell ("h1+h2" for two layers), as a Markdown table."""
+    cells = table1_cells(result)
+    lines = ["| model | stochastic layers | " + " | ".join(f"k = {k}" for k in KS) + " |",
+             "|---|---|" + "---|" * len(KS)]
+    for obj, layers in ROWS:
+        row = [obj.upper(), str(layers)]
+        for k in KS:
+            c = cells.get((obj, layers, k))
+            row.append("–" if c is None else "+".join(str(a) for a in c["active_units"]))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def provenance_markdown(result: dict[str, Any]) -> str:
+    """Where a result came from: protocol, command, commit, device, date, wall time."""
+    p, prov = result["protocol"], result["provenance"]
+    wall = result.get("wall_time_s", {})
+    seconds = sum(float(wall.get(key) or 0.0) for key in ("train", "eval_nll", "active_units"))
+    cmd = prov.get("command") or "?"
+    if isinstance(cmd, list):
+        cmd = " ".join(cmd)
+    dirty = " (with uncommitted changes)" if prov.get("git_dirty") else ""
+    return (
+        f"**{result['dataset']}, budget `{result['budget']}`**: {p['budget_definition']}. "
+        f"{'This is' if p.get('is_paper_protocol') else 'This is **not**'} the paper's "
+        f"protocol ({p['epochs']} of {p.get('paper_epochs', PAPER_EPOCHS)} epochs on "
+        f"{p['n_train']} training images; NLL by L_{p['eval_k']} on {p['eval_subset']}). "
+        f"Written by `{cmd}` at commit `{str(prov.get('git_commit', '?'))[:12]}`{dirty} "
+        f"with torch {prov.get('torch_version', '?')} on {prov.get('device_name', '?')} "
+        f"({prov.get('device', '?')}), {prov.get('date_utc', '?')}; training and evaluation "
+        f"took {seconds / 3600:.2f} h of wall time."
+    )
+
+
+def gap_summary(result: dict[str, Any]) -> dict[str, float]:
+    """Mean, smallest and largest gap to the paper (ours - paper, nats) over the cells that
+    have a paper number, and how many cells are within 0.3 nats."""
+    gaps = [c["nll"] - c["paper"]["nll"] for c in result["configurations"]
+            if c.get("paper", {}).get("nll") is not None]
+    if not gaps:
+        return {"n": 0, "mean": float("nan"), "min": float("nan"), "max": float("nan"),
+                "within_0.3": 0}
+    return {"n": len(gaps), "mean": sum(gaps) / len(gaps), "min": min(gaps), "max": max(gaps),
+            "within_0.3": sum(abs(g) <= 0.3 for g in gaps)}

@@ -1,0 +1,309 @@
+"""Training: the paper's schedule, Adam, dynamic binarization, atomic checkpoints, exact resume.
+
+Randomness comes from three generators derived from one seed (see :func:`make_generators`):
+the data order (on the CPU), the binarization and the sampling noise (on the model's device).
+Their states are saved in every checkpoint, so a run that is killed and resumed continues
+exactly where it stopped, bit for bit on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .checkpoints import CheckpointError, RunDirLock, load_tensors, save_tensors, sync_log
+from .models import IWAE
+from .objectives import get_objective
+from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
+
+__all__ = [
+    "make_generators", "make_optimizer", "fit", "TrainingDivergedError", "save_checkpoint",
+    "load_checkpoint", "CHECKPOINT_NAME", "LOG_NAME", "check_resumable", "data_digest",
+    "nonfinite_parameters", "RESTART_FIX", "check_state", "fingerprint",
+]
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.jsonl"
+
+
+def make_generators(seed: int, device: torch.device | str) -> dict[str, torch.Generator]:
+    """The three random streams of a run: ``order`` (CPU), ``binarize`` and ``noise`` (device)."""
+    device = torch.device(device)
+    return {
+        "order": torch.Generator().manual_seed(seed),
+        "binarize": torch.Generator(device=device).manual_seed(seed + 1),
+        "noise": torch.Generator(device=device).manual_seed(seed + 2),
+    }
+
+
+def make_optimizer(params, lr: float = 1e-3) -> torch.optim.Adam:
+    """Adam as in the paper's text: beta1 = 0.9, beta2 = 0.999, eps = 1e-4."""
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-4)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write ``state`` atomically (see :func:`iwae_tutorial.checkpoints.save_tensors`)."""
+    save_tensors(path, state)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint safely (``weights_only=True``, see
+    :func:`iwae_tutorial.checkpoints.load_tensors`); a clear error if it is unreadable."""
+    return load_tensors(path, map_location=map_location,
+                        fix="delete it (or the run directory) to start the run from scratch, "
+                            "or rerun with --restart")
+
+
+def data_digest(x: Tensor) -> str:
+    """A short fingerprint of a data tensor (its shape and every 97th row), so a checkpoint
+    is not resumed on other data."""
+    rows = x[::97].detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(repr(tuple(x.shape)).encode())
+    h.update(rows.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def nonfinite_parameters(params: Sequence[Tensor]) -> bool:
+    """Whether any parameter holds NaN or inf (one reduction per tensor, one host sync)."""
+    flags = [torch.isfinite(p.detach().sum()) for p in params]
+    return not bool(torch.stack(flags).all()) if flags else False
+
+
+RESTART_FIX = "start it afresh (--restart; resume=False in Python)"
+
+
+def check_resumable(saved: dict | None, fingerprint: dict, history: Sequence[dict],
+                    schedule: Sequence[Stage], where: str,
+                    place: str = "another run directory",
+                    other: str = "another configuration") -> None:
+    """Refuse to resume a checkpoint of another configuration (``saved`` vs ``fingerprint``,
+    flat dicts), of other learning rates (``history`` vs ``schedule``), or one already past
+    the end of ``schedule``: a ValueError, one line naming what differs and the fix.
+
+    Fingerprint keys the checkpoint does not have (older versions) are not compared."""
+    theirs = saved if isinstance(saved, dict) else {}
+    diff = [f"{key} {theirs[key]!r} there, {fingerprint[key]!r} now" for key in fingerprint
+            if key in theirs and theirs[key] != fingerprint[key]]
+    fix = f"use {place}, or {RESTART_FIX}"
+    if diff:
+        raise ValueError(f"the checkpoint in {where} belongs to {other} "
+                         f"({'; '.join(diff)}); {fix}")
+    done = len(history)
+    total = schedule_epochs(schedule)
+    if done > total:
+        raise ValueError(f"the checkpoint in {where} has done {done} epochs, more than the "
+                         f"{total} asked for; ask for at least {done} epochs (--epochs "
+                         f"{done}), or {RESTART_FIX}")
+    for entry in history:
+        lr = lr_at(schedule, int(entry["epoch"]) - 1)
+        if not math.isclose(float(entry["lr"]), lr, rel_tol=1e-9):
+            raise ValueError(f"the checkpoint in {where} trained epoch {entry['epoch']} at "
+                             f"learning rate {entry['lr']:.3g}, the schedule now asks for "
+                             f"{lr:.3g}; {fix}")
+
+
+@dataclass
+class EpochLog:
+    epoch: int  # 1-based number of epochs done
+    lr: float
+    train_bound: float  # mean over the epoch's batches of the objective's bound
+    seconds: float
+    steps: int
+
+
+def fit(
+    model: IWAE,
+    x_train: Tensor,
+    *,
+    objective: str = "iwae",
+    k: int = 1,
+    schedule: Sequence[Stage] | None = None,
+    epochs: int | None = None,
+    batch_size: int = 20,
+    seed: int = 0,
+    binarize: bool = True,
+    run_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    callback: Callable[[EpochLog], None] | None = None,
+    objective_kwargs: dict | None = None,
+) -> list[dict]:
+    """Train ``model`` by Adam on minibatches of ``x_train``.
+
+    Args:
+        model: the model (already on its device; ``x_train`` is moved there once).
+        x_train: [n, x_dim] grey values in [0, 1] (binarized afresh for every batch when
+            ``binarize``) or real values (``binarize=False``).
+        objective: a name in :data:`iwae_tutorial.objectives.OBJECTIVES` ("vae", "iwae", ...).
+        k: samples per data point.
+        schedule: list of :class:`Stage`; default the paper's :func:`burda_schedule`, cut to
+            ``epochs`` when given.
+        seed: seeds the data order, the binarization and the sampling noise.
+        run_dir: where ``checkpoint.pt`` and ``log.jsonl`` go (atomically, every epoch).
+            With ``resume`` an existing checkpoint there is continued.
+
+    Returns:
+        the per-epoch log, as a list of dicts (epoch, lr, train_bound, seconds, steps).
+
+    Raises:
+        TrainingDivergedError: the loss became NaN/inf; the message names the step.
+    """
+    objective_fn = get_objective(objective)  # fails fast on a bad name
+    schedule = resolve_schedule(schedule, epochs)
+    total_epochs = schedule_epochs(schedule)
+    device = model.device
+    x_train = x_train.to(device)
+    if x_train.dim() != 2 or x_train.shape[1] != model.x_dim:
+        raise ValueError(f"x_train must be [n, {model.x_dim}], got {tuple(x_train.shape)}")
+    n = x_train.shape[0]
+    if n < batch_size:
+        raise ValueError(f"need at least batch_size={batch_size} examples, got {n}")
+    steps_per_epoch = n // batch_size  # the remainder of each shuffled epoch is dropped
+    objective_kwargs = dict(objective_kwargs or {})
+    gens = make_generators(seed, device)
+    opt = make_optimizer(model.parameters(), lr=schedule[0].lr)
+    ckpt_path = Path(run_dir) / CHECKPOINT_NAME if run_dir is not None else None
+    log_path = Path(run_dir) / LOG_NAME if run_dir is not None else None
+    fprint = fingerprint(objective, k, batch_size, seed, n, data_digest(x_train))
+    bar = None
+    with contextlib.ExitStack() as stack:
+        if run_dir is not None:  # one process at a time in a run directory
+            stack.enter_context(RunDirLock(run_dir, "--out"))
+        start_epoch, history = 0, []
+        if ckpt_path is not None and resume and ckpt_path.exists():
+            start_epoch, history = _resume(ckpt_path, model, opt, gens, fprint, schedule)
+        elif log_path is not None and log_path.exists():
+            log_path.unlink()  # a fresh start: the old log goes with the old checkpoint
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = stack.enter_context(tqdm(
+                total=total_epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                unit="step", desc=f"{objective} k={k}", leave=False, mininterval=0.5))
+        model.train()
+        on_cpu = device.type == "cpu"
+        for epoch in range(start_epoch, total_epochs):
+            lr = lr_at(schedule, epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            order = torch.randperm(n, generator=gens["order"]).to(device)
+            bound_sum = torch.zeros((), dtype=torch.float64, device=device)
+            first_bad = torch.full((), -1, dtype=torch.long, device=device)
+            for step in range(steps_per_epoch):
+                x = x_train[order[step * batch_size:(step + 1) * batch_size]]
+                if binarize:
+                    x = torch.bernoulli(x, generator=gens["binarize"])
+                surrogate, bound = objective_fn(model, x, k, generator=gens["noise"],
+                                                **objective_kwargs)
+                loss = -surrogate.mean()
+                if on_cpu:
+                    if not torch.isfinite(loss):
+                        _diverged(epoch, step, steps_per_epoch, loss.item(), ckpt_path)
+                else:  # no host sync inside the epoch on accelerators
+                    bad = ~torch.isfinite(loss) & (first_bad < 0)
+                    first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                bound_sum += bound.detach().mean().double()
+                if bar is not None and (step + 1) % 50 == 0:
+                    bar.update(50)
+            if not on_cpu and int(first_bad) >= 0:
+                _diverged(epoch, int(first_bad), steps_per_epoch, float("nan"), ckpt_path)
+            train_bound = float(bound_sum) / steps_per_epoch
+            if not math.isfinite(train_bound):
+                _diverged(epoch, steps_per_epoch - 1, steps_per_epoch, train_bound, ckpt_path)
+            if nonfinite_parameters(list(model.parameters())):  # a NaN gradient, finite loss
+                _diverged(epoch, None, steps_per_epoch, float("nan"), ckpt_path)
+            entry = EpochLog(epoch + 1, lr, train_bound, time.perf_counter() - t0,
+                             steps_per_epoch)
+            history.append(asdict(entry))
+            if ckpt_path is not None:
+                save_checkpoint(ckpt_path, {
+                    "model": model.state_dict(),
+                    "model_config": model.config,
+                    "optimizer": opt.state_dict(),
+                    "rng": {name: g.get_state() for name, g in gens.items()},
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "fingerprint": fprint,
+                })
+                with open(log_path, "a") as f:  # after the checkpoint (see _resume)
+                    f.write(json.dumps(asdict(entry)) + "\n")
+            if bar is not None:
+                bar.update(steps_per_epoch % 50)
+                bar.set_postfix(epoch=epoch + 1, bound=f"{train_bound:.2f}",
+                                sec=f"{entry.seconds:.1f}")
+            if callback is not None:
+                callback(entry)
+    model.eval()
+    return history
+
+
+def _resume(ckpt_path: Path, model: IWAE, opt: torch.optim.Optimizer,
+            gens: dict[str, torch.Generator], fingerprint: dict,
+            schedule: Sequence[Stage]) -> tuple[int, list[dict]]:
+    """Load a checkpoint of :func:`fit` into ``model``, ``opt`` and ``gens`` after checking
+    it belongs to this run; repair ``log.jsonl`` from its history. -> (epochs done, history)"""
+    run_dir = ckpt_path.parent
+    state = load_checkpoint(ckpt_path, map_location=model.device)
+    check_state(state, ("model", "optimizer", "rng", "epoch", "history"), ckpt_path)
+    check_resumable(state.get("fingerprint"), fingerprint, state["history"], schedule,
+                    str(run_dir))
+    if "model_config" in state and state["model_config"] != model.config:
+        raise ValueError(f"the checkpoint in {run_dir} holds another model "
+                         f"({state['model_config']}, not {model.config}); use another run "
+                         f"directory, or {RESTART_FIX}")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    for name, g in gens.items():
+        g.set_state(state["rng"][name].cpu())  # CPU ByteTensors, even for CUDA
+    history = list(state["history"])
+    sync_log(run_dir / LOG_NAME, history)  # a kill after the checkpoint may have lost a line
+    return int(state["epoch"]), history
+
+
+def fingerprint(objective: str, k: int, batch_size: int, seed: int, n: int,
+                 data: str | None = None) -> dict:
+    """What must not change between a checkpoint and its resumption (the schedule may grow;
+    the learning rates of the epochs done are checked against the history)."""
+    out = {"objective": str(objective), "k": int(k), "batch_size": int(batch_size),
+           "seed": int(seed), "n": int(n)}
+    if data is not None:
+        out["data"] = data
+    return out
+
+
+def check_state(state: dict, keys: Sequence[str], path: Path) -> None:
+    """A CheckpointError when ``state`` (read from ``path``) lacks one of ``keys``."""
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise CheckpointError(f"the checkpoint {path} lacks {', '.join(missing)}: it was not "
+                              f"written by this trainer; delete it, or {RESTART_FIX}")
+
+
+def _diverged(epoch: int, step: int | None, steps_per_epoch: int, value: float,
+              ckpt_path: Path | None) -> None:
+    where = (f"the last good checkpoint (after epoch {epoch}) is kept at {ckpt_path}"
+             if ckpt_path is not None and epoch > 0 else "no checkpoint was written")
+    what = (f"the loss became {value} at epoch {epoch + 1}, step {step + 1} of "
+            f"{steps_per_epoch} (global step {epoch * steps_per_epoch + step + 1})"
+            if step is not None else
+            f"a parameter became NaN or infinite during epoch {epoch + 1} (a non-finite "
+            "gradient with a finite loss); that epoch was not saved")
+    raise TrainingDivergedError(f"{what}; {where}. Try a lower learning rate or check the "
+                                "data for NaNs.")
