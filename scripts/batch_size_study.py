@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         res = fleet.fit(x_train, schedule=cfgs[0].schedule(), batch_size=batch,
                         run_dir=Path(args.run_root) / f"batch{batch}", progress=True)
         t_train = time.perf_counter() - t0
+        if not res.finished:  # a signal: the fleet saved its state; rerun to continue
+            print(f"batch {batch}: stopped after epoch {res.epochs_done} (state saved); run "
+                  "the same command again to continue", file=sys.stderr)
+            return 75
         models = fleet.models()
         t0 = time.perf_counter()
         gens = [torch.Generator().manual_seed(0) for _ in models]

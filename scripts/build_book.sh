@@ -9,5 +9,7 @@ set -euo pipefail
 
 # shellcheck source=scripts/env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"  # ROOT, VENV, PY; PATH, IWAE_DATA_DIR
+# the chapters turn progress bars and progress lines off (iwae_tutorial.notebook.live)
+export IWAE_BOOK_BUILD=1
 echo "build_book: IWAE_PROFILE=${IWAE_PROFILE:-book} IWAE_DATA_DIR=${IWAE_DATA_DIR:-<unset>}"
 exec jupyter-book build . -W -n --keep-going "$@"

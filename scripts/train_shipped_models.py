@@ -75,7 +75,9 @@ def train_group(name: str, members: list[tuple[str, RunConfig]], run_root: Path
     fleet = Fleet.from_configs(cfgs, ds, "cpu")
     res = fleet.fit(ds.x_train, schedule=cfgs[0].schedule(), batch_size=cfgs[0].batch_size,
                     run_dir=run_root / name, progress=True)
-    assert res.finished
+    if not res.finished:  # a signal: the fleet saved its state; rerun to continue
+        raise SystemExit(f"{name}: stopped after epoch {res.epochs_done} (state saved); run "
+                         "the same command again to continue")
     fleet.save_members(run_root / name / "members", cfgs, res.history)
     return {run_name: run_root / name / "members" / member
             for (run_name, _), member in zip(members, fleet.names)}

@@ -49,6 +49,7 @@ def book_html(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("book")
     env = dict(os.environ)
     env.setdefault("IWAE_PROFILE", "smoke")
+    env["IWAE_BOOK_BUILD"] = "1"  # as scripts/build_book.sh: no progress lines on the pages
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb) if jb.exists() else "jupyter-book", "build", str(ROOT), "--path-output",
            str(out), "-W", "-n", "--keep-going"]

@@ -103,3 +103,29 @@ if __name__ == "__main__":  # the graph, bottom-up
         below = ", ".join(sorted(t[len(PKG) + 1:] or PKG for t in g[m]))
         print(f"{m[len(PKG) + 1:] or PKG:22s} -> {below}")
     print("cycle:", find_cycle(g))
+
+
+def test_the_device_path_imports_without_the_optional_packages():
+    """The GPU machine has torch and numpy but not platformdirs, tqdm, scipy, matplotlib,
+    ipywidgets or jupyter-book: the job's modules must import and run without them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('platformdirs', 'tqdm', 'scipy', 'matplotlib', 'ipywidgets',\n"
+        "             'jupyter_book', 'PIL', 'IPython'):\n"
+        "    sys.modules[name] = None  # as if not installed: import fails, find_spec is None\n"
+        "import torch\n"
+        "from iwae_tutorial import cli, fast, reproduce, runs, noise, stacked  # noqa\n"
+        "from iwae_tutorial.fleet import Fleet, FleetMember\n"
+        "from iwae_tutorial.models import IWAE\n"
+        "from iwae_tutorial.data import data_search_dirs\n"
+        "data_search_dirs()\n"
+        "torch.manual_seed(0)\n"
+        "f = Fleet([IWAE(20, [(8, 2)])], [FleetMember('iwae', 3, 0, 'a')])\n"
+        "fast.fit_fast(f, torch.rand(40, 20), epochs=1, batch_size=20, progress=False)\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

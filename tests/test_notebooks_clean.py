@@ -102,3 +102,18 @@ def test_glue_keys_carry_the_chapter_number(path):
                                                            if not k.startswith(prefix))
     missing = sorted(k for k in refs if not any(p.fullmatch(k) for p in glued))
     assert not missing, f"{path.name} shows keys it never glues: {missing}"
+
+
+def test_every_chapter_starts_with_the_one_install_cell():
+    """The install cell has one source (notebook.install_cell; scripts/sync_install_cell.py
+    writes it), and its repository is the book's."""
+    import json
+
+    from iwae_tutorial.notebook import REPOSITORY, install_cell
+
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text())
+        first = next(c for c in nb["cells"] if c["cell_type"] == "code")
+        assert "".join(first["source"]) == install_cell(), (
+            f"{path.name}: run python scripts/sync_install_cell.py")
+    assert f"url: {REPOSITORY}" in (ROOT / "_config.yml").read_text()

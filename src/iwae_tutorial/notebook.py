@@ -17,7 +17,27 @@ import torch
 
 from .profiles import current_profile, default_device
 
-__all__ = ["setup_notebook", "glue", "show_source"]
+__all__ = ["setup_notebook", "glue", "show_source", "live", "REPOSITORY", "install_cell"]
+
+#: where the package is installed from on Colab (and the book's repository button)
+REPOSITORY = "https://github.com/iwae-tutorial/iwae-tutorial"
+
+
+def install_cell(repository: str = REPOSITORY) -> str:
+    """The first code cell of every chapter: install the package when it is missing (Colab, a
+    fresh kernel). One source: ``scripts/sync_install_cell.py`` writes it into the notebooks,
+    and a test checks that they hold exactly this text."""
+    return ("try:\n"
+            "    import iwae_tutorial  # noqa: F401\n"
+            "except ImportError:  # on Colab or a fresh kernel: install the package\n"
+            f'    %pip install -q "iwae-tutorial @ git+{repository}"')
+
+
+def live() -> bool:
+    """Whether a person is watching this kernel (Jupyter, Colab): progress bars and progress
+    lines on. False while the book is being built (``IWAE_BOOK_BUILD=1``, set by
+    ``scripts/build_book.sh`` and the browser test), so the rendered pages carry no log noise."""
+    return os.environ.get("IWAE_BOOK_BUILD", "") in ("", "0")
 
 
 def setup_notebook(seed: int = 0, verbose: bool = True) -> torch.device:

@@ -147,6 +147,7 @@ def reproduce(
     batch_size: int = 20,
     trainer: str = "exact",
     tf32: bool = False,
+    verbose: bool = True,
 ) -> tuple[str, Path | None]:
     """Train, evaluate and write ``results_dir/<dataset>-<protocol>.json``.
 
@@ -176,7 +177,8 @@ def reproduce(
                 if p.name != RunDirLock.NAME:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
         if ds is None:
-            _log(f"loading {dataset}")
+            if verbose:
+                _log(f"loading {dataset}")
             ds = load_dataset(dataset, root=data_dir, download=download, seed=seed)
         n_total, n_test = int(ds.x_train.shape[0]), int(ds.x_test.shape[0])
         want_eval = eval_n or b.eval_n
@@ -188,6 +190,7 @@ def reproduce(
                    eval_batch_size=eval_batch_size,
                    eval_block=eval_block or max(eval_batch_size, 100), seed=seed, gemm=gemm,
                    progress=progress, batch_size=batch_size, trainer=trainer, tf32=tf32,
+                   verbose=verbose,
                    deadline=None if max_minutes is None else t_start + 60.0 * max_minutes)
         trained = _train_stage(run)
         if trained is None:
@@ -198,7 +201,8 @@ def reproduce(
             return "time limit or signal", None
         result = _result(run, fleet, cfgs, histories, evaluated, t_start, command)
         path = write_json_atomic(Path(results_dir) / f"{run_dir.name}.json", result)
-    _print_table(result)
+    if verbose:
+        _print_table(result)
     return "done", path
 
 
@@ -223,6 +227,12 @@ class _Run:
     batch_size: int
     trainer: str
     tf32: bool
+    verbose: bool
+
+    def log(self, msg: str) -> None:
+        """A progress line on stderr (off with ``verbose=False``, e.g. in the built book)."""
+        if self.verbose:
+            _log(msg)
     deadline: float | None
 
     def seconds_left(self) -> float | None:
@@ -253,7 +263,7 @@ def _train_stage(run: _Run):
         torch.backends.cuda.matmul.allow_tf32 = run.tf32
         torch.backends.cudnn.allow_tf32 = run.tf32
     fleet = Fleet.from_configs(cfgs, run.ds, run.device, gemm=run.gemm)
-    _log(f"{run.run_dir.name}: training {len(cfgs)} configurations together on "
+    run.log(f"{run.run_dir.name}: training {len(cfgs)} configurations together on "
          f"{run.n_train} images for {run.budget.epochs} epoch(s), batch {run.batch_size}, "
          f"{run.trainer} trainer, on {run.device} (gemm={fleet.gemm}, threads "
          f"{torch.get_num_threads()}); state in {run.run_dir}")
@@ -262,7 +272,7 @@ def _train_stage(run: _Run):
               batch_size=cfgs[0].batch_size, binarize=run.ds.binarize,
               run_dir=run.run_dir, max_seconds=run.seconds_left(), progress=run.progress)
     if not res.finished:
-        _log(f"stopped after epoch {res.epochs_done} (mid-epoch state saved)")
+        run.log(f"stopped after epoch {res.epochs_done} (mid-epoch state saved)")
         return None
     fleet.save_members(run.run_dir / "members", cfgs, res.history)
     return fleet, cfgs, res.history
@@ -295,16 +305,16 @@ def _eval_stage(run: _Run, models: list, fleet_epochs: int) -> dict | None:
             for g, s in zip(gens, saved["rng"]):
                 g.set_state(s)
         else:
-            _log("the saved evaluation used other settings; evaluating anew")
+            run.log("the saved evaluation used other settings; evaluating anew")
     if state["done"] < run.n_eval:
-        _log(f"evaluating L_{run.eval_k} on test images {state['done']}..{run.n_eval} "
+        run.log(f"evaluating L_{run.eval_k} on test images {state['done']}..{run.n_eval} "
              f"({len(models)} models at once)")
     last_block_s = 0.0
     with StopFlag() as stop:
         while state["done"] < run.n_eval:
             rem = run.seconds_left()
             if stop.requested or (rem is not None and rem < 1.25 * last_block_s + 5):
-                _log(f"stopped the evaluation at {state['done']}/{run.n_eval} test images")
+                run.log(f"stopped the evaluation at {state['done']}/{run.n_eval} test images")
                 return None
             b0, b1 = state["done"], min(state["done"] + run.eval_block, run.n_eval)
             t0 = time.perf_counter()
@@ -318,7 +328,7 @@ def _eval_stage(run: _Run, models: list, fleet_epochs: int) -> dict | None:
                          rng=[g.get_state() for g in gens])
             save_tensors(eval_path, state)
             if run.progress:
-                _log(f"  L_{run.eval_k}: {b1}/{run.n_eval} test images ({last_block_s:.1f} s "
+                run.log(f"  L_{run.eval_k}: {b1}/{run.n_eval} test images ({last_block_s:.1f} s "
                      "for this block)")
     return state
 

@@ -19,7 +19,8 @@ from .paper import PAPER_EPOCHS, TABLE1_KS, paper_numbers
 
 __all__ = ["published_dir", "SCHEMA", "model_record", "evaluation_fields", "read_record",
            "read_run_result", "load_result", "find_results", "table1_cells", "table1_markdown",
-           "active_units_markdown", "provenance_markdown", "gap_summary"]
+           "active_units_markdown", "provenance_markdown", "gap_summary", "batch_study_rows",
+           "batch_study_markdown"]
 
 SCHEMA = "iwae-tutorial/result-1"
 
@@ -251,3 +252,48 @@ def gap_summary(result: dict[str, Any]) -> dict[str, float]:
                 "within_0.3": 0}
     return {"n": len(gaps), "mean": sum(gaps) / len(gaps), "min": min(gaps), "max": max(gaps),
             "within_0.3": sum(abs(g) <= 0.3 for g in gaps)}
+
+
+def batch_study_rows(study: dict[str, Any]) -> list[dict[str, Any]]:
+    """The batch-size study (``scripts/batch_size_study.py``) per (objective, k): for each batch
+    size the test NLL averaged over the seeds, the seed-to-seed spread (max - min), its
+    standard error by L_k, the wall time per epoch, and the gap to batch 20."""
+    by_batch = {int(b): v for b, v in study["by_batch"].items()}
+    base = min(by_batch)
+    rows = []
+    keys = sorted({(c["objective"], c["k"]) for v in by_batch.values()
+                   for c in v["configurations"]}, key=lambda t: (t[1], t[0] != "vae"))
+    for objective, k in keys:
+        row: dict[str, Any] = {"objective": objective, "k": k, "by_batch": {}}
+        for b, v in sorted(by_batch.items()):
+            recs = [read_record(c) for c in v["configurations"]
+                    if c["objective"] == objective and c["k"] == k]
+            nlls = [r["nll"] for r in recs]
+            epochs = max(1, recs[0]["epochs"])
+            row["by_batch"][b] = {
+                "nll": sum(nlls) / len(nlls), "spread": max(nlls) - min(nlls),
+                "stderr": max(r["nll_stderr"] or 0.0 for r in recs), "seeds": len(nlls),
+                "active_units": sum(r["active_units_total"] for r in recs) / len(recs),
+                "seconds_per_epoch": v["wall_time_s"]["train_all_sessions"] / epochs}
+        for cell in row["by_batch"].values():
+            cell["gap_to_base"] = cell["nll"] - row["by_batch"][base]["nll"]
+        rows.append(row)
+    return rows
+
+
+def batch_study_markdown(study: dict[str, Any]) -> str:
+    """The batch-size study as a Markdown table: NLL (mean over seeds, with the seeds' spread)
+    per batch size, the gap to batch 20, and the wall time per epoch of the fleet."""
+    rows = batch_study_rows(study)
+    batches = sorted(rows[0]["by_batch"])
+    base = batches[0]
+    head = ("| model | " + " | ".join(f"batch {b}" for b in batches) + " | "
+            + " | ".join(f"batch {b} - batch {base}" for b in batches[1:]) + " |")
+    lines = [head, "|---|" + "---|" * (2 * len(batches) - 1)]
+    for r in rows:
+        cells = [f"{r['by_batch'][b]['nll']:.2f} (spread {r['by_batch'][b]['spread']:.2f})"
+                 for b in batches]
+        gaps = [f"{r['by_batch'][b]['gap_to_base']:+.2f}" for b in batches[1:]]
+        lines.append(f"| {r['objective'].upper()} k = {r['k']} | " + " | ".join(cells + gaps)
+                     + " |")
+    return "\n".join(lines)
