@@ -31,7 +31,7 @@ step() {  # name, command...: run the command, record its status, carry on
 
 # 1. lint
 LINT_PATHS=()
-for d in src tests benchmarks; do [ -d "$d" ] && LINT_PATHS+=("$d"); done
+for d in src tests benchmarks scripts; do [ -d "$d" ] && LINT_PATHS+=("$d"); done
 step "ruff" "$PY" -m ruff check "${LINT_PATHS[@]}"
 
 # 2. unit tests (the browser test, which builds the book, is step 4)

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from . import noise
 from .checkpoints import RunDirLock, load_sharded, save_sharded, sync_log, write_json_atomic
-from .fleet import _group_loss
+from .fleet import _group_loss, _set_lr
 from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
 from .train import TrainingDivergedError, check_resumable, data_digest
 
@@ -280,14 +280,6 @@ class _nothing:
 
     def __exit__(self, *exc):
         return None
-
-
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        if isinstance(group["lr"], Tensor):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
 
 
 def _save(fleet, opt, state_dir: Path, fprint: dict, epochs_done: int,

@@ -302,12 +302,31 @@ def load_or_train(cfg: Any, device: torch.device | str | None = None, *, ds: Any
                    "seconds": sum(h["seconds"] for h in history)}
 
 
+#: metadata fields describe_source leaves out (local file paths, long per-epoch data)
+_NOT_SHOWN = ("source", "history", "metadata_file", "weights_file", "wall_time_s", "config",
+              "provenance", "name", "storage", "test_nll_float32", "eval_n_total")
+
+
 def describe_source(info: dict, width: int = 110) -> str:
     """A few readable lines saying where a model from :func:`load_or_train` came from: the
-    source, then each metadata field (the per-epoch history left out, long values cut)."""
+    source; for a stored model its test NLL and how it was scored, and who trained it (command,
+    commit, date, device); then the remaining metadata fields (local file paths and the
+    per-epoch history left out, long values cut)."""
     lines = [str(info.get("source", "unknown source"))]
+    if info.get("test_nll") is not None:
+        se = info.get("test_nll_stderr")
+        lines.append(f"    test NLL {info['test_nll']:.3f}" + (f" +- {se:.3f}" if se else "")
+                     + f" nats (L_{info.get('eval_k')}, {info.get('eval_subset')})")
+    prov = info.get("provenance")
+    if isinstance(prov, dict):
+        cmd = prov.get("command")
+        cmd = " ".join(cmd) if isinstance(cmd, list) else cmd
+        dirty = " (with uncommitted changes)" if prov.get("git_dirty") else ""
+        lines.append(f"    trained by `{cmd}` at commit {str(prov.get('git_commit'))[:12]}"
+                     f"{dirty}, {str(prov.get('date_utc', '?'))[:10]}, on "
+                     f"{prov.get('device_name', prov.get('device', '?'))}")
     for key, value in info.items():
-        if key in ("source", "history"):
+        if key in _NOT_SHOWN or key in ("test_nll", "test_nll_stderr", "eval_k", "eval_subset"):
             continue
         text = value if isinstance(value, str) else json.dumps(value, default=str,
                                                                 separators=(", ", "="))
