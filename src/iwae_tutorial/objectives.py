@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from .bounds import elbo, iwae_bound, normalized_weights, power_bound
@@ -77,6 +78,97 @@ def dreg_objective(model: IWAE, x: Tensor, k: int, **kw) -> tuple[Tensor, Tensor
     log_p_theta = model.log_joint(x, [h.detach() for h in hs])  # theta only
     surrogate = (w.pow(2) * log_w).sum(0) + ((w - w.pow(2)) * log_p_theta).sum(0)
     return surrogate, iwae_bound(log_w.detach())
+
+
+@register("stl")
+def stl_objective(model: IWAE, x: Tensor, k: int, **kw) -> tuple[Tensor, Tensor]:
+    """"Sticking the landing" (Roeder et al., 2017) applied to L_k: the score term of q is
+    dropped by evaluating log q with q's parameters held fixed (the samples keep their
+    reparameterised path). Its encoder gradient is sum_i w~_i d log w_i / d phi through the
+    samples only: for k = 1 unbiased, for k > 1 biased (Tucker et al., 2018, who fix it with
+    DReG's squared weights); the decoder gradient is L_k's.
+
+    x: [batch, x_dim] -> (surrogate: [batch], bound: [batch])
+    """
+    b = iwae_bound(model.log_weights(x, k, detach_q=True, **kw))
+    return b, b.detach()
+
+
+def _groups(log_w: Tensor, m: int) -> Tensor:
+    """log_w: [m * k, batch] -> [m, k, batch] (m groups of k samples)."""
+    if log_w.shape[0] % m:
+        raise ValueError(f"{log_w.shape[0]} samples do not split into m = {m} groups")
+    return log_w.view(m, log_w.shape[0] // m, *log_w.shape[1:])
+
+
+@register("miwae")
+def miwae_objective(model: IWAE, x: Tensor, k: int, m: int = 1,
+                    **kw) -> tuple[Tensor, Tensor]:
+    """MIWAE(m, k) (Rainforth et al., 2018): m independent groups of k samples, the mean of
+    their m bounds L_k. m = 1 is the IWAE bound L_k; k = 1 is the m-sample ELBO.
+
+    Draws m * k samples. x: [batch, x_dim] -> (surrogate, bound): [batch] each
+    """
+    b = iwae_bound(_groups(model.log_weights(x, m * k, **kw), m), dim=1).mean(0)
+    return b, b
+
+
+@register("ciwae")
+def ciwae_objective(model: IWAE, x: Tensor, k: int, beta: float = 0.5,
+                    **kw) -> tuple[Tensor, Tensor]:
+    """CIWAE (Rainforth et al., 2018): beta * ELBO + (1 - beta) * L_k, both on the same k
+    samples. beta = 0 is the IWAE bound, beta = 1 the k-sample ELBO.
+
+    x: [batch, x_dim] -> (surrogate, bound): [batch] each
+    """
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"ciwae: beta must be in [0, 1], got {beta}")
+    log_w = model.log_weights(x, k, **kw)
+    b = beta * elbo(log_w) + (1.0 - beta) * iwae_bound(log_w)
+    return b, b
+
+
+@register("piwae")
+def piwae_objective(model: IWAE, x: Tensor, k: int, m: int = 1,
+                    generator: torch.Generator | None = None,
+                    eps: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """PIWAE (Rainforth et al., 2018): one set of m * k samples; the decoder (theta) follows
+    the IWAE bound L_{mk} of all of them, the encoder (phi) follows MIWAE(m, k).
+
+    The surrogate L_{mk}(theta; phi held fixed) + MIWAE(phi; theta held fixed) has exactly
+    these two gradients: each term is computed, with the same noise, with the other network's
+    parameters detached. The bound reported is L_{mk}.
+    x: [batch, x_dim] -> (surrogate, bound): [batch] each
+    """
+    n = m * k
+    if eps is None:
+        eps = [torch.randn(n, x.shape[0], d, device=x.device, dtype=x.dtype,
+                           generator=generator) for d in model.latent_dims]
+    log_w_theta = _log_weights_holding(model, "encoder", x, n, eps)  # for theta's gradient
+    log_w_phi = _log_weights_holding(model, "decoder", x, n, eps)  # for phi's gradient
+    bound = iwae_bound(log_w_theta)
+    surrogate = bound + iwae_bound(_groups(log_w_phi, m), dim=1).mean(0)
+    return surrogate, bound.detach()
+
+
+def _log_weights_holding(model: IWAE, frozen: str, x: Tensor, k: int,
+                         eps: list[Tensor]) -> Tensor:
+    """``model.log_weights(x, k, eps=eps)`` with the parameters whose names start with
+    ``frozen`` ("encoder" or "decoder") held fixed (detached)."""
+    params = {f"model.{name}": (t.detach() if name.startswith(frozen) else t)
+              for name, t in model.named_parameters()}
+    return torch.func.functional_call(_LogWeights(model), params, (x, k, eps))
+
+
+class _LogWeights(torch.nn.Module):
+    """A module whose forward is ``model.log_weights`` (for ``torch.func.functional_call``)."""
+
+    def __init__(self, model: IWAE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, k: int, eps: list[Tensor]) -> Tensor:
+        return self.model.log_weights(x, k, eps=eps)
 
 
 def get_objective(objective: str | Objective) -> Objective:

@@ -1,0 +1,105 @@
+"""The estimators beyond the paper (Roeder et al. 2017; Rainforth et al. 2018): STL, MIWAE,
+CIWAE, PIWAE — their identities and which network each gradient comes from."""
+
+import pytest
+import torch
+from helpers import X, exact_posterior_model, grey, seeded_model
+
+from iwae_tutorial.bounds import elbo, iwae_bound
+from iwae_tutorial.objectives import OBJECTIVES, get_objective, loss
+from iwae_tutorial.train import fit
+
+K, M, B = 4, 3, 6
+
+
+def model_and_x():
+    model = seeded_model([(8, 3)], seed=0, dim=12, dtype=torch.float64)
+    x = torch.bernoulli(grey(B, 12, seed=1, dtype=torch.float64))
+    return model, x
+
+
+def noise(model, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, B, d, generator=g, dtype=torch.float64) for d in model.latent_dims]
+
+
+def all_grads(model, value) -> dict:
+    names = [n for n, _ in model.named_parameters()]
+    return dict(zip(names, torch.autograd.grad(value, list(model.parameters()))))
+
+
+def part(grads: dict, prefix: str) -> dict:
+    return {n: g for n, g in grads.items() if n.startswith(prefix)}
+
+
+def test_every_estimator_is_registered():
+    for name in ("vae", "iwae", "power", "dreg", "stl", "miwae", "ciwae", "piwae"):
+        assert get_objective(name) is OBJECTIVES[name]
+
+
+def test_miwae_with_one_group_is_iwae_and_with_k1_the_m_sample_elbo():
+    model, x = model_and_x()
+    eps = noise(model, K)
+    s, _ = OBJECTIVES["miwae"](model, x, K, m=1, eps=eps)
+    assert torch.allclose(s, iwae_bound(model.log_weights(x, K, eps=eps)), atol=1e-12)
+    eps = noise(model, M)
+    s, _ = OBJECTIVES["miwae"](model, x, 1, m=M, eps=eps)
+    assert torch.allclose(s, elbo(model.log_weights(x, M, eps=eps)), atol=1e-12)
+    eps = noise(model, M * K)
+    s, _ = OBJECTIVES["miwae"](model, x, K, m=M, eps=eps)
+    log_w = model.log_weights(x, M * K, eps=eps).view(M, K, B)
+    assert torch.allclose(s, torch.stack([iwae_bound(g) for g in log_w]).mean(0), atol=1e-12)
+    assert (s <= iwae_bound(log_w.reshape(M * K, B)) + 1e-12).all()  # looser than L_mk
+
+
+def test_ciwae_at_beta_0_and_1_is_iwae_and_elbo():
+    model, x = model_and_x()
+    eps = noise(model, K)
+    log_w = model.log_weights(x, K, eps=eps)
+    for beta, want in ((0.0, iwae_bound(log_w)), (1.0, elbo(log_w))):
+        s, _ = OBJECTIVES["ciwae"](model, x, K, beta=beta, eps=eps)
+        assert torch.allclose(s, want, atol=1e-12)
+    with pytest.raises(ValueError, match="beta"):
+        OBJECTIVES["ciwae"](model, x, K, beta=1.5, eps=eps)
+
+
+def test_piwae_decoder_follows_iwae_and_encoder_follows_miwae():
+    model, x = model_and_x()
+    eps = noise(model, M * K)
+    piwae = -loss(model, x, K, "piwae", m=M, eps=eps)
+    iwae = -loss(model, x, M * K, "iwae", eps=eps)
+    miwae = -loss(model, x, K, "miwae", m=M, eps=eps)
+    g = all_grads(model, piwae)
+    for prefix, ref in (("decoder", iwae), ("encoder", miwae)):
+        got, want = part(g, prefix), part(all_grads(model, ref), prefix)
+        assert got and all(torch.allclose(got[n], want[n], atol=1e-10) for n in got), prefix
+    _, bound = OBJECTIVES["piwae"](model, x, K, m=M, eps=eps)
+    assert torch.allclose(bound, iwae_bound(model.log_weights(x, M * K, eps=eps)), atol=1e-12)
+
+
+def test_stl_keeps_the_decoder_gradient_and_drops_the_score_term():
+    model, x = model_and_x()
+    eps = noise(model, K)
+    stl = -loss(model, x, K, "stl", eps=eps)
+    iwae = -loss(model, x, K, "iwae", eps=eps)
+    g_stl, g_iwae = all_grads(model, stl), all_grads(model, iwae)
+    got, want = part(g_stl, "decoder"), part(g_iwae, "decoder")
+    assert all(torch.allclose(got[n], want[n], atol=1e-10) for n in got)
+    enc_stl, enc_iwae = part(g_stl, "encoder"), part(g_iwae, "encoder")
+    assert any(not torch.allclose(enc_stl[n], enc_iwae[n]) for n in enc_stl)  # score dropped
+    # at the exact posterior every log-weight is log p(x): STL's encoder gradient is zero
+    exact = exact_posterior_model()
+    g = part(all_grads(exact, -loss(exact, X, 5, "stl")), "encoder")
+    assert g and all(torch.allclose(t, torch.zeros_like(t), atol=1e-12) for t in g.values())
+
+
+@pytest.mark.parametrize("objective, kw", [("stl", {}), ("miwae", {"m": 2}),
+                                           ("ciwae", {"beta": 0.3}), ("piwae", {"m": 2})])
+def test_each_estimator_trains_by_name(objective, kw):
+    """Usable by name in fit (objective_kwargs for its parameters); a short run raises the
+    bound."""
+    model = seeded_model([(16, 4)], seed=0)
+    x = grey(200, seed=2)
+    history = fit(model, x, objective=objective, k=3, epochs=3, batch_size=20,
+                  progress=False, objective_kwargs=kw)
+    assert history[-1]["train_bound"] > history[0]["train_bound"]
