@@ -154,3 +154,16 @@ def test_fast_path_reaches_the_exact_paths_nll():
     spread = float((nll[0] - nll[1]).abs() + (nll[2] - nll[3]).abs()) / 2  # seed to seed
     gap = float(d.mean())
     assert abs(gap) < 3 * (se + spread) + 0.25, (nll.tolist(), se, spread)
+
+
+def test_sigterm_stops_at_the_end_of_the_epoch_with_the_state_saved(tmp_path):
+    import signal
+
+    x = grey(N, DIM, dtype=torch.float64)
+    f = fleet_of([("iwae", 5, ONE, 0)])
+    res = fit_fast(f, x, epochs=3, batch_size=BATCH, run_dir=tmp_path, progress=False,
+                   callback=lambda epoch, last: os.kill(os.getpid(), signal.SIGTERM))
+    assert not res.finished and res.epochs_done == 1
+    assert (tmp_path / STATE_DIR / "index.pt").exists()
+    assert fit_fast(fleet_of([("iwae", 5, ONE, 0)]), x, epochs=3, batch_size=BATCH,
+                    run_dir=tmp_path, progress=False).finished

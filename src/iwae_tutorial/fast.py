@@ -37,6 +37,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from torch import Tensor
 
 from . import noise
 from .checkpoints import RunDirLock, load_sharded, save_sharded, sync_log, write_json_atomic
-from .fleet import _group_loss, _set_lr
+from .fleet import StopFlag, _group_loss, _set_lr
 from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
 from .train import TrainingDivergedError, check_resumable, data_digest
 
@@ -178,6 +179,7 @@ def fit_fast(
     block: int = 20,
     cuda_graph: bool | None = None,
     checkpoint_every_s: float = 60.0,
+    handle_signals: bool = True,
     progress: bool = True,
     callback: Callable[[int, list[dict]], None] | None = None,
 ) -> FastResult:
@@ -191,6 +193,8 @@ def fit_fast(
             ``checkpoint_every_s`` seconds, at the end, and when stopping); resumed when
             ``resume``. ``run_dir/log.jsonl`` gets one line per epoch.
         max_seconds: stop at the end of the first epoch after this many seconds (state saved).
+        handle_signals: SIGTERM/SIGINT stop at the end of the current epoch, state saved
+            (only in the main thread).
         block: steps per CUDA-graph replay (the largest divisor of the steps per epoch that is
             at most ``block``).
         cuda_graph: capture the block (default: on for CUDA).
@@ -201,16 +205,9 @@ def fit_fast(
     """
     schedule = resolve_schedule(schedule, epochs)
     total = schedule_epochs(schedule)
-    device = fleet.device
-    x_train = x_train.to(device=device, dtype=fleet.dtype)
+    x_train, steps_per_epoch, use_graph = fleet._prepare_fit(x_train, batch_size, cuda_graph)
     n = x_train.shape[0]
-    if n < batch_size:
-        raise ValueError(f"need at least batch_size={batch_size} examples, got {n}")
-    steps_per_epoch = n // batch_size
     block = _block_size(steps_per_epoch, block)
-    use_graph = device.type == "cuda" if cuda_graph is None else bool(cuda_graph)
-    if use_graph and device.type != "cuda":
-        raise ValueError("cuda_graph=True needs the fleet on a CUDA device")
     opt = fleet._make_optimizer(schedule[0].lr, graph=use_graph)
     fprint = {**fleet.fingerprint(n, batch_size, binarize, data_digest(x_train)),
               "noise": "counter-based (iwae_tutorial.noise)"}
@@ -218,7 +215,8 @@ def fit_fast(
     history: list[list[dict]] = [[] for _ in range(len(fleet))]
     t_start = time.perf_counter()
     deadline = None if max_seconds is None else t_start + float(max_seconds)
-    with RunDirLock(run_dir, "--run-root") if run_dir is not None else _nothing():
+    lock = RunDirLock(run_dir, "--run-root") if run_dir is not None else nullcontext()
+    with lock, StopFlag(handle_signals) as signal_stop:
         start = 0
         if state_dir is not None and resume and (state_dir / "index.pt").exists():
             start, history = _resume(fleet, opt, state_dir, fprint, schedule)
@@ -260,7 +258,8 @@ def fit_fast(
                 if callback is not None:
                     callback(epoch + 1, [h[-1] for h in history])
                 now = time.perf_counter()
-                stop = deadline is not None and now > deadline and epoch + 1 < total
+                stop = ((signal_stop.requested or (deadline is not None and now > deadline))
+                        and epoch + 1 < total)
                 if state_dir is not None and (stop or epoch + 1 == total
                                               or now - last_save > checkpoint_every_s):
                     _save(fleet, opt, state_dir, fprint, epoch + 1, history)
@@ -272,14 +271,6 @@ def fit_fast(
             if bar is not None:
                 bar.close()
     return FastResult([list(h) for h in history], True, total, time.perf_counter() - t_start)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 def _save(fleet, opt, state_dir: Path, fprint: dict, epochs_done: int,
@@ -301,11 +292,7 @@ def _resume(fleet, opt, state_dir: Path, fprint: dict,
     check_resumable(state.get("fingerprint"), fprint, state["history"][0], schedule,
                     str(state_dir.parent), place="another --run-root",
                     other="another fleet or data set")
-    fleet._load_params(state["params"])
-    lrs = [group["lr"] for group in opt.param_groups]
-    opt.load_state_dict(state["optimizer"])
-    for group, lr0 in zip(opt.param_groups, lrs):
-        group["lr"] = lr0
+    fleet._load_state(state, opt)
     history = [list(h) for h in state["history"]]
     sync_log(state_dir.parent / "log.jsonl", fleet._log_entries(history))
     return int(state["epoch"]), history

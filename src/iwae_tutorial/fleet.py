@@ -33,19 +33,9 @@ Public API
 - :class:`FitResult`, :class:`StopFlag` (SIGTERM/SIGINT as a flag), :data:`FLEET_CHECKPOINT`.
 - :func:`table1_configs`: the 12 configurations of Table 1 (RunConfig objects).
 
-The stacked layout and its log-weights are in :mod:`iwae_tutorial.stacked`; L_5000 of many
-models at once is :func:`iwae_tutorial.evaluate.log_likelihood_many`.
-
-Example::
-
-    from iwae_tutorial.experiments import load_dataset
-    from iwae_tutorial.fleet import Fleet, table1_configs
-
-    ds = load_dataset("mnist")
-    cfgs = table1_configs("mnist", epochs=4)
-    fleet = Fleet.from_configs(cfgs, ds, "cpu")
-    res = fleet.fit(ds.x_train, schedule=cfgs[0].schedule(), run_dir="runs/t1")
-    model = fleet.model("mnist-iwae-k50-2L-s0")  # a plain IWAE
+The stacked layout is :mod:`iwae_tutorial.stacked`; L_5000 of many models at once is
+:func:`iwae_tutorial.evaluate.log_likelihood_many`; the fast (counter-based noise, CUDA-graph
+blocks) trainer of a fleet is :func:`iwae_tutorial.fast.fit_fast`.
 """
 
 from __future__ import annotations
@@ -350,20 +340,8 @@ class Fleet:
         schedule = resolve_schedule(schedule, epochs)
         total_epochs = schedule_epochs(schedule)
         device = self.device
-        x_dim = self.specs[0].x_dim
-        if any(s.x_dim != x_dim for s in self.specs):
-            raise ValueError("all members must model data of the same size")
-        if x_train.dim() != 2 or x_train.shape[1] != x_dim:
-            raise ValueError(f"x_train must be [n, {x_dim}], got {tuple(x_train.shape)}")
-        x_train = x_train.to(device=device, dtype=self.dtype)
-        n = x_train.shape[0]
-        if n < batch_size:
-            raise ValueError(f"need at least batch_size={batch_size} examples, got {n}")
-        steps_per_epoch = n // batch_size
-        on_cuda = device.type == "cuda"
-        use_graph = on_cuda if cuda_graph is None else bool(cuda_graph)
-        if use_graph and not on_cuda:
-            raise ValueError("cuda_graph=True needs the fleet on a CUDA device")
+        x_train, steps_per_epoch, use_graph = self._prepare_fit(x_train, batch_size, cuda_graph)
+        n, x_dim = x_train.shape
 
         gens = [make_generators(m.seed, device) for m in self.members]
         opt = self._make_optimizer(schedule[0].lr, graph=use_graph)
@@ -450,11 +428,7 @@ class Fleet:
             saved = {"members": [m.get("name") for m in old], "binarize": saved.get("binarize")}
         check_resumable(saved, fprint, state["history"][0], schedule, str(ckpt_path.parent),
                         place="another --run-root", other="another fleet or data set")
-        self._load_params(state["params"])
-        lrs = [group["lr"] for group in opt.param_groups]
-        opt.load_state_dict(state["optimizer"])
-        for group, lr0 in zip(opt.param_groups, lrs):  # keep this optimizer's lr type
-            group["lr"] = lr0  # (a float, or a device tensor for CUDA graphs); set later
+        self._load_state(state, opt)
         for g, s in zip(gens, state["rng"]):
             for name in g:
                 g[name].set_state(s[name].cpu())  # CPU ByteTensors, even for CUDA
@@ -509,6 +483,33 @@ class Fleet:
         for pos, s in enumerate(bad):
             if s >= 0:
                 _diverged(self.names[self.order[pos]], epoch, s, steps_per_epoch, ckpt_path)
+
+    def _prepare_fit(self, x_train: Tensor, batch_size: int,
+                     cuda_graph: bool | None) -> tuple[Tensor, int, bool]:
+        """Checks of a fit (exact or fast): -> (x_train on the fleet's device, steps per epoch,
+        whether to use a CUDA graph)."""
+        x_dim = self.specs[0].x_dim
+        if any(s.x_dim != x_dim for s in self.specs):
+            raise ValueError("all members must model data of the same size")
+        if x_train.dim() != 2 or x_train.shape[1] != x_dim:
+            raise ValueError(f"x_train must be [n, {x_dim}], got {tuple(x_train.shape)}")
+        x_train = x_train.to(device=self.device, dtype=self.dtype)
+        n = x_train.shape[0]
+        if n < batch_size:
+            raise ValueError(f"need at least batch_size={batch_size} examples, got {n}")
+        on_cuda = self.device.type == "cuda"
+        use_graph = on_cuda if cuda_graph is None else bool(cuda_graph)
+        if use_graph and not on_cuda:
+            raise ValueError("cuda_graph=True needs the fleet on a CUDA device")
+        return x_train, n // batch_size, use_graph
+
+    def _load_state(self, state: dict, opt: torch.optim.Optimizer) -> None:
+        """A checkpoint's stacked parameters and Adam state; ``opt`` keeps its kind of lr."""
+        self._load_params(state["params"])
+        lrs = [group["lr"] for group in opt.param_groups]
+        opt.load_state_dict(state["optimizer"])
+        for group, lr0 in zip(opt.param_groups, lrs):
+            group["lr"] = lr0
 
     def _make_optimizer(self, lr: float, graph: bool) -> torch.optim.Adam:
         """One Adam over all stacked parameters (betas and eps of train.make_optimizer)."""
