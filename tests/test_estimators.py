@@ -1,12 +1,25 @@
 """The estimators beyond the paper (Roeder et al. 2017; Rainforth et al. 2018): STL, MIWAE,
 CIWAE, PIWAE — their identities and which network each gradient comes from."""
 
+import math
+
 import pytest
 import torch
 from helpers import X, exact_posterior_model, grey, seeded_model
 
-from iwae_tutorial.bounds import elbo, iwae_bound
-from iwae_tutorial.objectives import OBJECTIVES, get_objective, loss
+from iwae_tutorial.bounds import elbo, iwae_bound, power_bound
+from iwae_tutorial.evaluate import reconstruction_loss
+from iwae_tutorial.experiments import RunConfig
+from iwae_tutorial.objectives import (
+    OBJECTIVES,
+    get_objective,
+    log_w_objective,
+    loss,
+    objective_slug,
+    parse_objective,
+    samples_per_point,
+)
+from iwae_tutorial.toy import LinearGaussian
 from iwae_tutorial.train import fit
 
 K, M, B = 4, 3, 6
@@ -33,8 +46,11 @@ def part(grads: dict, prefix: str) -> dict:
 
 
 def test_every_estimator_is_registered():
-    for name in ("vae", "iwae", "power", "dreg", "stl", "miwae", "ciwae", "piwae"):
+    for name in ("vae", "iwae", "dreg", "stl"):
         assert get_objective(name) is OBJECTIVES[name]
+    for name in ("power", "miwae", "ciwae", "piwae"):  # options bound to their defaults
+        assert get_objective(name).func is OBJECTIVES[name]
+    assert get_objective("power:p=2").keywords == {"p": 2.0}
 
 
 def test_miwae_with_one_group_is_iwae_and_with_k1_the_m_sample_elbo():
@@ -103,3 +119,53 @@ def test_each_estimator_trains_by_name(objective, kw):
     history = fit(model, x, objective=objective, k=3, epochs=3, batch_size=20,
                   progress=False, objective_kwargs=kw)
     assert history[-1]["train_bound"] > history[0]["train_bound"]
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("power:q=2", "power takes"), ("power:p=x", "p must be a float"),
+    ("miwae:m=0", "out of range"), ("ciwae:beta=2", r"beta must be in \[0, 1\]"),
+    ("iwae:m=3", "iwae takes no options"), ("nope", "unknown objective"),
+    ("power:p", "power takes")])
+def test_bad_objective_specs_get_one_line(spec, message):
+    with pytest.raises(ValueError, match=message) as err:
+        parse_objective(spec)
+    assert "\n" not in str(err.value)
+
+
+def test_objective_specs_name_runs_and_samples():
+    assert parse_objective("power:p=2") == ("power", {"p": 2.0})
+    assert parse_objective("power") == ("power", {"p": 0.5})  # defaults filled in
+    assert objective_slug("ciwae:beta=0.05") == "ciwae-beta0.05"
+    assert samples_per_point("miwae:m=5", 10) == 50 and samples_per_point("iwae", 10) == 10
+    assert RunConfig(objective="power:p=2", k=50).name == "mnist-power-p2-k50-1L-s0"
+    with pytest.raises(ValueError, match="power takes"):
+        RunConfig(objective="power:x=1")
+    model, x = model_and_x()
+    eps = noise(model, K)
+    s, _ = get_objective("power:p=2")(model, x, K, eps=eps)
+    assert torch.allclose(s, power_bound(model.log_weights(x, K, eps=eps), 2.0))
+    assert log_w_objective("ciwae:beta=0.25")(model.log_weights(x, K, eps=eps)).shape == (B,)
+
+
+def test_cli_takes_objective_specs(tmp_path, capsys):
+    from iwae_tutorial.cli import main
+
+    assert main(["train", "--objective", "power:q=1", "--out", str(tmp_path / "r")]) == 2
+    assert "argument --objective: objective 'power:q=1': power takes ['p']" in (
+        capsys.readouterr().err)
+    assert not (tmp_path / "r").exists()
+
+
+def test_reconstruction_loss_on_the_linear_gaussian_toy():
+    """-log p(x | h), h ~ q: E_q[(x - a h - b)^2] / (2 s^2) + log(s sqrt(2 pi)) in closed form
+    for q = N(m, v), against the Monte Carlo estimate of evaluate.reconstruction_loss."""
+    lg = LinearGaussian()
+    model = lg.shifted_model(0.5, 1.3)
+    x = torch.tensor([[0.8], [-1.0], [2.0]], dtype=torch.float64)
+    m, sd = lg.posterior(x)
+    qm, qv = m + 0.5 * sd, (1.3 * sd) ** 2
+    exact = (((x[:, 0] - lg.a * qm - lg.b) ** 2 + lg.a ** 2 * qv) / (2 * lg.s ** 2)
+             + math.log(lg.s * math.sqrt(2 * math.pi)))
+    est = reconstruction_loss(model, x, 200_000, generator=torch.Generator().manual_seed(0))
+    assert est.shape == (3,)
+    assert torch.allclose(est, exact, atol=0.01)

@@ -72,6 +72,23 @@ def test_member_equals_training_alone(dtype, tol):
             assert h_fleet["train_bound"] == pytest.approx(h_alone["train_bound"], rel=1e-4)
 
 
+def test_members_with_options_equal_training_alone():
+    """Objectives given by a spec with options: the power bound, CIWAE and MIWAE (whose m * k
+    samples put it in a group of its own) train in the fleet exactly as alone."""
+    specs = [("power:p=2", 5, ONE, 0), ("ciwae:beta=0.3", 5, ONE, 1), ("miwae:m=2", 3, ONE, 0),
+             ("iwae", 6, ONE, 2)]
+    x = grey(dtype=torch.float64)
+    fl = make_fleet(specs, dtype=torch.float64)
+    assert sorted(g.k for g in fl.groups) == [5, 6]  # miwae m=2, k=3 draws 6 samples
+    res = fl.fit(x, epochs=1, batch_size=BATCH, progress=False)
+    for i, (objective, k, layers, seed) in enumerate(specs):
+        alone = make_model(layers, seed, dtype=torch.float64)
+        fit(alone, x, objective=objective, k=k, epochs=1, batch_size=BATCH, seed=seed,
+            progress=False)
+        assert max_param_diff(alone.state_dict(), fl.state_dict_of(i)) < 1e-9, specs[i]
+    assert res.finished
+
+
 def test_paper_sized_members_equal_training_alone():
     """The paper's architectures with k = 50 (the oneDNN/bmm fast path on float32), 3 steps."""
     x = grey(dim=784)
@@ -215,8 +232,11 @@ def test_table1_configs():
 
 
 def test_bad_member_is_refused():
-    with pytest.raises(ValueError, match="functions of the log-weights"):
-        FleetMember("dreg", 5, 0)
+    for estimator in ("dreg", "stl", "piwae:m=2"):  # they change the gradient's path
+        with pytest.raises(ValueError, match="not a function of the log-weights alone"):
+            FleetMember(estimator, 5, 0)
+    with pytest.raises(ValueError, match="power takes"):
+        FleetMember("power:q=2", 5, 0)
     with pytest.raises(ValueError, match="one FleetMember per model"):
         Fleet([make_model(ONE, 0)], [])
 

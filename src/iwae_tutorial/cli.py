@@ -40,6 +40,17 @@ class CLIError(Exception):
 
 
 # --------------------------------------------------------------------------- argument types
+def _objective(text: str) -> str:
+    """argparse type for --objective: a spec such as "iwae" or "power:p=2"."""
+    from .objectives import parse_objective
+
+    try:
+        parse_objective(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def parse_layers(text: str) -> list[list[int]]:
     """argparse type for --layers: "1", "2", "200,200,50" or "200,200,100;100,100,50"."""
     from .experiments import layers_from_string
@@ -144,8 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--dataset", choices=DATASETS, default="mnist",
                    help="data set (default mnist = dynamically binarized MNIST)")
-    t.add_argument("--objective", choices=sorted(OBJECTIVES), default="iwae",
-                   help="training objective (default iwae)")
+    t.add_argument("--objective", type=_objective, default="iwae", metavar="SPEC",
+                   help=f"training objective, one of {', '.join(sorted(OBJECTIVES))}, options "
+                        "after a colon: power:p=2, miwae:m=5, ciwae:beta=0.05, piwae:m=5 "
+                        "(default iwae)")
     t.add_argument("--k", type=_positive_int, default=5, help="samples per data point (default 5)")
     t.add_argument("--layers", type=parse_layers, default=parse_layers("1"), metavar="SPEC",
                    help="'1' or '2' (the paper's architectures, default 1), or sizes such as "

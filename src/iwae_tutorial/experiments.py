@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .data import DATASETS, Dataset, load_dataset
 from .models import IWAE, bernoulli_output_bias
+from .objectives import objective_slug, parse_objective
 from .paper import ONE_LAYER, TWO_LAYERS
 from .schedule import Stage, burda_schedule, truncate_schedule
 
@@ -26,7 +27,7 @@ class RunConfig:
     """Everything that defines one trained model."""
 
     dataset: str = "mnist"
-    objective: str = "iwae"
+    objective: str = "iwae"  # a spec: "iwae", "power:p=2", "miwae:m=5" (objectives.py)
     k: int = 5
     layers: list[list[int]] = field(default_factory=lambda: [list(s) for s in ONE_LAYER])
     epochs: int | None = None  # None: the paper's full schedule (3,280 epochs)
@@ -42,6 +43,7 @@ class RunConfig:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {DATASETS}")
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
+        parse_objective(self.objective)  # one line naming a bad name or option
         if not 0 < self.lr_scale < float("inf"):
             raise ValueError(f"lr_scale must be a positive number, got {self.lr_scale}")
         if self.lr is not None:
@@ -54,7 +56,8 @@ class RunConfig:
     @property
     def name(self) -> str:
         n_layers = len(self.layers)
-        return f"{self.dataset}-{self.objective}-k{self.k}-{n_layers}L-s{self.seed}"
+        return (f"{self.dataset}-{objective_slug(self.objective)}-k{self.k}-{n_layers}L-"
+                f"s{self.seed}")
 
     def schedule(self) -> list[Stage]:
         """The paper's schedule cut to ``epochs``, or ``epochs`` epochs at the constant ``lr``."""

@@ -8,10 +8,16 @@ An objective turns a model, a batch and ``k`` into two per-data-point tensors:
 For the plain objectives the two are the same tensor. New estimators (DReG, power bounds, ...)
 register themselves with :func:`register` and every caller (``fit``, the CLI, the fleet)
 can use them by name without changes.
+
+An objective is named by a *spec*: its name, then its options after a colon, e.g. ``"iwae"``,
+``"power:p=2"``, ``"miwae:m=5"``, ``"ciwae:beta=0.05"`` (:func:`parse_objective`); run names
+use its slug (``"power-p2"``, :func:`objective_slug`).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 
 import torch
@@ -21,14 +27,97 @@ from .bounds import elbo, iwae_bound, normalized_weights, power_bound
 from .models import IWAE
 
 __all__ = ["OBJECTIVES", "register", "loss", "loss_and_bound", "get_objective",
-           "LOG_W_OBJECTIVES"]
+           "LOG_W_OBJECTIVES", "OPTIONS", "parse_objective", "objective_slug",
+           "log_w_objective", "samples_per_point", "miwae_bound", "ciwae_bound"]
 
 Objective = Callable[..., tuple[Tensor, Tensor]]
 OBJECTIVES: dict[str, Objective] = {}
 
-#: objectives that are a plain function of the log-weights, ``log_w: [k, batch] -> [batch]``
-#: (usable by code that computes log_w itself, such as the fleet trainer).
-LOG_W_OBJECTIVES: dict[str, Callable[[Tensor], Tensor]] = {"vae": elbo, "iwae": iwae_bound}
+#: the options each objective takes, with their defaults (whose type is the option's type)
+OPTIONS: dict[str, dict[str, float | int]] = {"power": {"p": 0.5}, "miwae": {"m": 1},
+                                              "ciwae": {"beta": 0.5}, "piwae": {"m": 1}}
+
+
+def _groups(log_w: Tensor, m: int) -> Tensor:
+    """log_w: [m * k, batch] -> [m, k, batch] (m groups of k samples)."""
+    if log_w.shape[0] % m:
+        raise ValueError(f"{log_w.shape[0]} samples do not split into m = {m} groups")
+    return log_w.view(m, log_w.shape[0] // m, *log_w.shape[1:])
+
+
+def miwae_bound(log_w: Tensor, m: int = 1) -> Tensor:
+    """The mean of the m bounds L_k of m groups of k samples. log_w: [m * k, batch] -> [batch]"""
+    return iwae_bound(_groups(log_w, m), dim=1).mean(0)
+
+
+def ciwae_bound(log_w: Tensor, beta: float = 0.5) -> Tensor:
+    """beta * ELBO + (1 - beta) * L_k on the same samples. log_w: [k, batch] -> [batch]"""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"ciwae: beta must be in [0, 1], got {beta}")
+    return beta * elbo(log_w) + (1.0 - beta) * iwae_bound(log_w)
+
+
+#: objectives that are a plain function of the log-weights, ``log_w: [n, batch] -> [batch]``
+#: (usable by code that computes log_w itself, such as the fleet trainer), options as keywords;
+#: n is :func:`samples_per_point` (m * k for MIWAE).
+LOG_W_OBJECTIVES: dict[str, Callable[..., Tensor]] = {
+    "vae": elbo, "iwae": iwae_bound, "power": power_bound, "miwae": miwae_bound,
+    "ciwae": ciwae_bound}
+
+
+def parse_objective(spec: str) -> tuple[str, dict[str, float | int]]:
+    """``"power:p=2"`` -> ``("power", {"p": 2.0})``; ``"iwae"`` -> ``("iwae", {})``; options
+    not given take their defaults (``"power"`` -> ``("power", {"p": 0.5})``).
+
+    Raises ValueError with one line naming what is wrong and how to write it.
+    """
+    name, _, rest = str(spec).partition(":")
+    name = name.strip()
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)} "
+                         "(options after a colon, e.g. power:p=2, miwae:m=5, ciwae:beta=0.05)")
+    allowed = OPTIONS.get(name, {})
+    opts: dict[str, float | int] = dict(allowed)
+    for item in filter(None, (t.strip() for t in rest.split(","))):
+        key, eq, value = (t.strip() for t in item.partition("="))
+        example = (f"{name}:{next(iter(allowed))}=VALUE" if allowed else name)
+        if key not in allowed or not eq:
+            raise ValueError(f"objective {spec!r}: {name} takes "
+                             f"{sorted(allowed) or 'no options'}; write e.g. {example}")
+        try:
+            opts[key] = type(allowed[key])(value)
+        except ValueError:
+            raise ValueError(f"objective {spec!r}: {key} must be a "
+                             f"{type(allowed[key]).__name__}, got {value!r}") from None
+        if not math.isfinite(opts[key]) or (isinstance(allowed[key], int) and opts[key] < 1):
+            raise ValueError(f"objective {spec!r}: {key} = {value} is out of range")
+    if name == "ciwae" and not 0.0 <= opts["beta"] <= 1.0:
+        raise ValueError(f"objective {spec!r}: beta must be in [0, 1]")
+    return name, opts
+
+
+def objective_slug(spec: str) -> str:
+    """A file-name-safe form of a spec: ``"power:p=2"`` -> ``"power-p2"``, ``"iwae"`` -> itself."""
+    name, opts = parse_objective(spec)
+    return "-".join([name, *(f"{k}{v:g}" for k, v in opts.items())])
+
+
+def log_w_objective(spec: str) -> Callable[[Tensor], Tensor]:
+    """The spec as a function ``log_w: [n, batch] -> [batch]`` (ValueError for estimators
+    such as ``dreg``, ``stl`` and ``piwae`` that need more than the log-weights)."""
+    name, opts = parse_objective(spec)
+    if name not in LOG_W_OBJECTIVES:
+        raise ValueError(f"{name} is not a function of the log-weights alone (it changes the "
+                         f"gradient's path); the fleet trains {sorted(LOG_W_OBJECTIVES)}; "
+                         "train it with train.fit")
+    fn = LOG_W_OBJECTIVES[name]
+    return functools.partial(fn, **opts) if opts else fn
+
+
+def samples_per_point(spec: str, k: int) -> int:
+    """How many samples per data point the objective draws: m * k for MIWAE/PIWAE, else k."""
+    name, opts = parse_objective(spec)
+    return int(k) * int(opts.get("m", 1)) if name in ("miwae", "piwae") else int(k)
 
 
 def register(name: str) -> Callable[[Objective], Objective]:
@@ -94,13 +183,6 @@ def stl_objective(model: IWAE, x: Tensor, k: int, **kw) -> tuple[Tensor, Tensor]
     return b, b.detach()
 
 
-def _groups(log_w: Tensor, m: int) -> Tensor:
-    """log_w: [m * k, batch] -> [m, k, batch] (m groups of k samples)."""
-    if log_w.shape[0] % m:
-        raise ValueError(f"{log_w.shape[0]} samples do not split into m = {m} groups")
-    return log_w.view(m, log_w.shape[0] // m, *log_w.shape[1:])
-
-
 @register("miwae")
 def miwae_objective(model: IWAE, x: Tensor, k: int, m: int = 1,
                     **kw) -> tuple[Tensor, Tensor]:
@@ -109,7 +191,7 @@ def miwae_objective(model: IWAE, x: Tensor, k: int, m: int = 1,
 
     Draws m * k samples. x: [batch, x_dim] -> (surrogate, bound): [batch] each
     """
-    b = iwae_bound(_groups(model.log_weights(x, m * k, **kw), m), dim=1).mean(0)
+    b = miwae_bound(model.log_weights(x, m * k, **kw), m)
     return b, b
 
 
@@ -121,10 +203,7 @@ def ciwae_objective(model: IWAE, x: Tensor, k: int, beta: float = 0.5,
 
     x: [batch, x_dim] -> (surrogate, bound): [batch] each
     """
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"ciwae: beta must be in [0, 1], got {beta}")
-    log_w = model.log_weights(x, k, **kw)
-    b = beta * elbo(log_w) + (1.0 - beta) * iwae_bound(log_w)
+    b = ciwae_bound(model.log_weights(x, k, **kw), beta)
     return b, b
 
 
@@ -147,7 +226,7 @@ def piwae_objective(model: IWAE, x: Tensor, k: int, m: int = 1,
     log_w_theta = _log_weights_holding(model, "encoder", x, n, eps)  # for theta's gradient
     log_w_phi = _log_weights_holding(model, "decoder", x, n, eps)  # for phi's gradient
     bound = iwae_bound(log_w_theta)
-    surrogate = bound + iwae_bound(_groups(log_w_phi, m), dim=1).mean(0)
+    surrogate = bound + miwae_bound(log_w_phi, m)
     return surrogate, bound.detach()
 
 
@@ -172,15 +251,13 @@ class _LogWeights(torch.nn.Module):
 
 
 def get_objective(objective: str | Objective) -> Objective:
-    """Look an objective up by name (or pass a callable through)."""
+    """Look an objective up by spec (``"iwae"``, ``"power:p=2"``; options bound as keywords),
+    or pass a callable through."""
     if callable(objective):
         return objective
-    try:
-        return OBJECTIVES[objective]
-    except KeyError:
-        raise ValueError(
-            f"unknown objective {objective!r}; choose one of {sorted(OBJECTIVES)}"
-        ) from None
+    name, opts = parse_objective(objective)
+    fn = OBJECTIVES[name]
+    return functools.partial(fn, **opts) if opts else fn
 
 
 def loss_and_bound(model: IWAE, x: Tensor, k: int, objective: str | Objective = "iwae",

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .objectives import objective_slug
 from .paper import PAPER_EPOCHS, TABLE1_KS, paper_numbers
 
 __all__ = ["published_dir", "SCHEMA", "model_record", "evaluation_fields", "read_record",
@@ -88,7 +89,8 @@ def model_record(config: dict[str, Any], dataset: str, history: list[dict],
     layers = [list(s) for s in config["layers"]]
     record: dict[str, Any] = {
         "schema": SCHEMA,
-        "name": f"{config.get('dataset', dataset)}-{config['objective']}-k{config['k']}-"
+        "name": f"{config.get('dataset', dataset)}-{objective_slug(config['objective'])}-"
+                f"k{config['k']}-"
                 f"{len(layers)}L-s{config['seed']}",
         "dataset": dataset,
         "config": dict(config),

@@ -1,0 +1,63 @@
+"""Studies beyond Table 1: train a set of configurations (a fleet where the objectives are
+functions of the log-weights, ``train.fit`` for the others) and score them all the book's way.
+
+:func:`score_models` is the one scoring protocol of every study result file: test NLL by L_k
+(default 5000) on the first ``n`` test images binarized once (seed 0), the paper's active-unit
+count and the reconstruction loss -log p(x | h), h ~ q(h | x), on the same images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .data import Dataset
+from .evaluate import (
+    ACTIVE_UNITS_THRESHOLD,
+    log_likelihood_many,
+    paper_active_units,
+    reconstruction_loss,
+)
+from .experiments import RunConfig
+from .models import IWAE
+from .results import evaluation_fields, model_record
+
+__all__ = ["score_models", "RECON_SAMPLES"]
+
+#: samples of h per image in the reconstruction loss
+RECON_SAMPLES = 10
+
+
+def score_models(models: Sequence[IWAE], cfgs: Sequence[RunConfig], ds: Dataset,
+                 x_eval: torch.Tensor, histories: Sequence[list[dict]], *,
+                 eval_k: int = 5000, progress: bool = False, **extra) -> list[dict]:
+    """One result record per model (:func:`~iwae_tutorial.results.model_record`) with the
+    evaluation fields, ``reconstruction_loss`` (mean over images, nats) and its standard
+    error, and the per-image NLL (``nll_per_image``, for paired comparisons on the same images).
+
+    x_eval: [n, x_dim], the scored test images (see :func:`~iwae_tutorial.experiments.eval_images`).
+    """
+    gens = [torch.Generator().manual_seed(0) for _ in models]
+    ll = log_likelihood_many(models, x_eval, eval_k, generators=gens, progress=progress)
+    records = []
+    for model, cfg, hist, ll_i in zip(models, cfgs, histories, ll):
+        au, n_au = paper_active_units(model, ds.x_train, ds.binarize, 0)
+        ev = evaluation_fields(ll_i, k=eval_k, n_total=ds.x_test.shape[0], seed=0,
+                               binarized=ds.binarize, active_units=au, active_units_n=n_au,
+                               threshold=ACTIVE_UNITS_THRESHOLD)
+        rec = reconstruction_loss(model, x_eval, RECON_SAMPLES,
+                                  generator=torch.Generator(model.device).manual_seed(1))
+        ev.update(reconstruction_loss=float(rec.mean()),
+                  reconstruction_loss_stderr=float(rec.std() / rec.numel() ** 0.5),
+                  reconstruction_samples=RECON_SAMPLES,
+                  nll_per_image=[round(-v, 4) for v in ll_i.tolist()])
+        records.append(model_record(asdict(cfg), ds.name, hist, ev, **extra))
+    return records
+
+
+def run_dir_of(root: str | Path, cfg: RunConfig) -> Path:
+    """Where a study keeps the run of ``cfg`` trained alone (by ``train.fit``)."""
+    return Path(root) / cfg.name
