@@ -133,14 +133,20 @@ def test_chapters_take_their_colours_from_style(path):
 
 
 def test_one_colour_per_model_kind():
-    assert style.MODEL_COLORS == {"VAE": style.VAE, "IWAE": style.IWAE}
+    assert style.MODEL_COLORS == {"VAE": style.VAE, "IWAE": style.IWAE, "STL": style.STL,
+                                  "DREG": style.DREG, "MIWAE": style.MIWAE,
+                                  "CIWAE": style.CIWAE, "PIWAE": style.PIWAE}
     kinds = [style.VAE, style.IWAE, style.TRUTH, style.TRUTH_FILL, style.POOR_Q, style.GOOD_Q,
-             style.OTHER, style.CHECK]
+             style.OTHER, style.CHECK, style.STL, style.DREG, style.MIWAE, style.CIWAE,
+             style.PIWAE]
     assert all(is_color_like(c) for c in kinds)
     assert len(set(kinds)) == len(kinds), "two kinds of curve share a colour"
     assert style.model_color("IWAE k=50") == style.model_color("iwae") == style.IWAE
     assert style.model_color("VAE, 2 layers") == style.model_color("vae") == style.VAE
-    assert style.model_color("dreg") is None and style.model_color("dreg", "x") == "x"
+    assert style.model_color("DReG k=50") == style.model_color("dreg") == style.DREG
+    assert style.model_color("MIWAE(5, 10)") == style.MIWAE
+    assert style.model_color("wake-sleep") is None
+    assert style.model_color("wake-sleep", "x") == "x"
 
 
 def test_the_plot_modules_use_style():

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from iwae_tutorial.snr import fit_slope, gradient_draws, network_snr, snr, snr_curve
+from iwae_tutorial.snr import fit_slope, gradient_draws, network_snr, noise_floor, snr, snr_curve
 from iwae_tutorial.toy import LinearGaussian
 
 X = torch.tensor([[0.8], [-0.5], [1.6]], dtype=torch.float64)
@@ -67,3 +67,9 @@ def test_fit_slope():
         math.log10(0.25))
     with pytest.raises(ValueError, match="at least two"):
         fit_slope([1, 10], [1.0, 0.0])
+
+
+def test_fit_slope_leaves_out_values_below_the_floor():
+    ks, values = [10, 100, 1000], [1.0, 10 ** -0.5, 0.001]
+    assert fit_slope(ks, values, floor=noise_floor(10_000)) == pytest.approx(-0.5)
+    assert fit_slope(ks, values) < -1

@@ -21,7 +21,7 @@ from .models import IWAE
 from .objectives import get_objective, samples_per_point
 
 __all__ = ["gradient_draws", "snr", "network_snr", "SNRCurve", "snr_curve", "fit_slope",
-           "NETWORKS"]
+           "noise_floor", "NETWORKS"]
 
 #: the two networks whose gradients are summarised, by parameter-name prefix
 NETWORKS = ("encoder", "decoder")
@@ -127,11 +127,18 @@ def snr_curve(model: IWAE, x: Tensor, ks: Sequence[int], objective: str = "iwae"
     return SNRCurve(objective, [int(k) for k in ks], whole, median, stacked)
 
 
-def fit_slope(ks: Sequence[int], values: Sequence[float], k_min: int = 1) -> float:
-    """The least-squares slope of log(values) against log(k), over the ks >= k_min."""
-    pts = [(math.log(k), math.log(v)) for k, v in zip(ks, values) if k >= k_min and v > 0]
+def fit_slope(ks: Sequence[int], values: Sequence[float], k_min: int = 1,
+              floor: float = 0.0) -> float:
+    """The least-squares slope of log(values) against log(k), over the ks >= k_min whose
+    value is above ``floor`` (e.g. 3 / sqrt(repeats): an SNR that R draws cannot tell from 0)."""
+    pts = [(math.log(k), math.log(v)) for k, v in zip(ks, values) if k >= k_min and v > floor]
     if len(pts) < 2:
-        raise ValueError("fit_slope needs at least two positive values with k >= k_min")
+        raise ValueError("fit_slope needs at least two values above the floor with k >= k_min")
     mx = sum(p[0] for p in pts) / len(pts)
     my = sum(p[1] for p in pts) / len(pts)
     return (sum((a - mx) * (b - my) for a, b in pts) / sum((a - mx) ** 2 for a, _ in pts))
+
+
+def noise_floor(repeats: int) -> float:
+    """3 / sqrt(repeats): below it an SNR estimated from ``repeats`` draws is mostly noise."""
+    return 3.0 / math.sqrt(repeats)

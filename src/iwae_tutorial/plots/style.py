@@ -4,7 +4,10 @@ colours from here, so that a model kind looks the same in every figure of the bo
 One colour per kind of curve:
 
 - :data:`VAE` (orange) and :data:`IWAE` (blue): the two models, and their bounds (the
-  k-sample ELBO is the VAE's objective, L_k the IWAE's);
+  k-sample ELBO is the VAE's objective, L_k the IWAE's); the other estimators of the
+  gradient-estimator chapter have one colour each (:data:`STL`, :data:`DREG`, :data:`MIWAE`,
+  :data:`CIWAE`, :data:`PIWAE`); a family ordered by a number (the power bounds by p) takes
+  :data:`SEQUENCE_CMAP`;
 - :data:`TRUTH` (black): what is known exactly: log p(x), the true density, the true
   posterior drawn as a line; :data:`TRUTH_FILL` (grey) the true posterior as a filled area;
 - :data:`POOR_Q` (red) and :data:`GOOD_Q` (green): the two hand-set recognition models of the
@@ -23,7 +26,7 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "VAE", "IWAE", "MODEL_COLORS", "model_color",
+    "VAE", "IWAE", "STL", "DREG", "MIWAE", "CIWAE", "PIWAE", "MODEL_COLORS", "model_color",
     "TRUTH", "TRUTH_FILL", "POOR_Q", "GOOD_Q", "DATA", "REFERENCE", "ON_DARK", "OTHER", "CHECK",
     "TRUTH_LINE", "IMAGE_CMAP", "POSTERIOR_CMAP", "CLASS_CMAP", "SEQUENCE_CMAP",
 ]
@@ -32,8 +35,11 @@ __all__ = [
 VAE = "#ff7f0e"
 #: the IWAE (and its bound L_k): matplotlib's "C0"
 IWAE = "#1f77b4"
+#: the estimators and bounds of the chapter on gradient estimators (tab10's C4-C9)
+STL, DREG, MIWAE, CIWAE, PIWAE = "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"
 #: one colour per model kind, keyed by the name the chapters give the models
-MODEL_COLORS: dict[str, str] = {"VAE": VAE, "IWAE": IWAE}
+MODEL_COLORS: dict[str, str] = {"VAE": VAE, "IWAE": IWAE, "STL": STL, "DREG": DREG,
+                                "MIWAE": MIWAE, "CIWAE": CIWAE, "PIWAE": PIWAE}
 
 #: exact quantities drawn as lines: log p(x), the true density, the true posterior
 TRUTH = "#000000"

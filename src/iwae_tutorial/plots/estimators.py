@@ -1,0 +1,89 @@
+"""Figures of the chapters on gradient estimators and on power-mean bounds: SNR against k
+(log-log, with fitted slopes), test NLL per estimator or per p, and bounds against p.
+
+Colours come from :mod:`iwae_tutorial.plots.style`: one per estimator (IWAE blue, STL
+purple, DReG brown, ...); the power bounds, ordered by p, from its sequence colour map."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from ..snr import fit_slope
+from . import style
+from ._util import get_axes
+
+__all__ = ["plot_snr", "plot_bars", "power_colors"]
+
+
+def plot_snr(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], ax: Axes | None = None,
+             title: str | None = None, k_min: int = 10, floor: float = 0.0) -> Figure:
+    """SNR against k on log-log axes, one line per estimator (label -> (ks, snr)), each with
+    its least-squares slope over k >= ``k_min`` in the legend. Values at or below ``floor``
+    (what the number of draws cannot tell from zero) are left out of the slope and drawn
+    hollow, at the floor, on a grey band; dotted guides show slopes -1/2 and +1/2."""
+    ax = get_axes(ax, (6, 4))
+    for label, (ks, values) in curves.items():
+        ks_, vals = np.asarray(ks, float), np.asarray(values, float)
+        color = style.model_color(label, style.OTHER)
+        try:
+            slope = f" (slope {fit_slope(ks_, vals, k_min, floor):+.2f})"
+        except ValueError:
+            slope = ""
+        ok = vals > floor
+        ax.plot(ks_, np.where(ok, vals, max(floor, 1e-12)), "-", color=color, alpha=0.5)
+        ax.plot(ks_[ok], vals[ok], "o", color=color, label=label + slope)
+        if floor > 0 and (~ok).any():
+            ax.plot(ks_[~ok], np.full((~ok).sum(), floor), "o", mfc="none", color=color)
+    if floor > 0:
+        ax.axhspan(ax.get_ylim()[0], floor, color=style.DATA, zorder=0)
+    lo, hi = ax.get_xlim()
+    k0 = np.array([max(lo, 1.0), hi])
+    y0 = np.exp(np.mean(np.log(ax.get_ylim())))
+    k_mid = np.sqrt(k0[0] * k0[1])
+    for s in (-0.5, 0.5):  # guides through the middle of the plot
+        ax.plot(k0, y0 * (k0 / k_mid) ** s, ":", color=style.REFERENCE, lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("k (samples per data point)")
+    ax.set_ylabel("SNR = |E g| / std g")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax.figure
+
+
+def power_colors(ps: Sequence[float]) -> dict[float, str]:
+    """One colour per p of the power bounds: p = 0 is the VAE (its colour), p = 1 the IWAE
+    (its colour); the others, in order, from the green-yellow end of the sequence colour map
+    (away from the IWAE's blue)."""
+    cmap = plt.get_cmap(style.SEQUENCE_CMAP)
+    others = sorted(p for p in ps if p not in (0.0, 1.0))
+    out = {p: cmap(0.45 + 0.5 * i / max(1, len(others) - 1)) for i, p in enumerate(others)}
+    out.update({p: style.VAE if p == 0.0 else style.IWAE for p in ps if p in (0.0, 1.0)})
+    return out
+
+
+def plot_bars(labels: Sequence[str], values: Sequence[float], errors: Sequence[float],
+              colors: Sequence[str], ax: Axes | None = None, ylabel: str = "test NLL (nats)",
+              title: str | None = None, reference: float | None = None) -> Figure:
+    """Values with error bars as bars, zoomed to their range (NLLs differ by fractions of a
+    nat out of ~90); ``reference`` draws a horizontal line (e.g. the IWAE's value)."""
+    ax = get_axes(ax, (7, 3.5))
+    x = np.arange(len(labels))
+    ax.bar(x, values, yerr=errors, color=colors, capsize=3)
+    lo = min(v - e for v, e in zip(values, errors))
+    hi = max(v + e for v, e in zip(values, errors))
+    pad = 0.3 * (hi - lo) + 1e-6
+    ax.set_ylim(lo - pad, hi + pad)
+    if reference is not None:
+        ax.axhline(reference, color=style.REFERENCE, lw=0.8, ls=":")
+    ax.set_xticks(x, labels, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    return ax.figure
