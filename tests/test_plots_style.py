@@ -135,16 +135,18 @@ def test_chapters_take_their_colours_from_style(path):
 def test_one_colour_per_model_kind():
     assert style.MODEL_COLORS == {"VAE": style.VAE, "IWAE": style.IWAE, "STL": style.STL,
                                   "DREG": style.DREG, "MIWAE": style.MIWAE,
-                                  "CIWAE": style.CIWAE, "PIWAE": style.PIWAE}
+                                  "CIWAE": style.CIWAE, "PIWAE": style.PIWAE,
+                                  "IWAER": style.IWAER, "IWAERREC": style.IWAER_REC}
     kinds = [style.VAE, style.IWAE, style.TRUTH, style.TRUTH_FILL, style.POOR_Q, style.GOOD_Q,
              style.OTHER, style.CHECK, style.STL, style.DREG, style.MIWAE, style.CIWAE,
-             style.PIWAE]
+             style.PIWAE, style.IWAER, style.IWAER_REC]
     assert all(is_color_like(c) for c in kinds)
     assert len(set(kinds)) == len(kinds), "two kinds of curve share a colour"
     assert style.model_color("IWAE k=50") == style.model_color("iwae") == style.IWAE
     assert style.model_color("VAE, 2 layers") == style.model_color("vae") == style.VAE
     assert style.model_color("DReG k=50") == style.model_color("dreg") == style.DREG
     assert style.model_color("MIWAE(5, 10)") == style.MIWAE
+    assert style.model_color("IWAERrec") == style.IWAER_REC
     assert style.model_color("wake-sleep") is None
     assert style.model_color("wake-sleep", "x") == "x"
 

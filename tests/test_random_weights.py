@@ -111,3 +111,16 @@ def test_a_short_training_run_lowers_the_loss():
 def test_bad_random_is_one_line():
     with pytest.raises(ValueError, match="random must be one of"):
         RandomWeightsIWAE(DIM, LAYERS, random="decoder")
+
+
+def test_from_model_copies_a_trained_model():
+    _, plain = pair("none")
+    for p in plain.parameters():
+        p.data.add_(0.1 * torch.randn_like(p))
+    rnd = RandomWeightsIWAE.from_model(plain, "both", log_std=float("-inf"))
+    x = data()
+    assert torch.allclose(rnd.log_weights(x, K, eps=eps()), plain.log_weights(x, K, eps=eps()),
+                          atol=1e-12)
+    noisy = RandomWeightsIWAE.from_model(plain, "recognition", log_std=-2.0)
+    assert not torch.allclose(noisy.log_weights(x, K, eps=eps()),
+                              plain.log_weights(x, K, eps=eps()))

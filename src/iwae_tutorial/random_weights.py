@@ -103,6 +103,24 @@ class RandomWeightsIWAE(IWAE):
                     "both": [self.encoder, self.decoder]}[random]:
             _randomize(net, init_log_std)
 
+    @classmethod
+    def from_model(cls, model: IWAE, random: str = "both",
+                   log_std: float = -6.0) -> RandomWeightsIWAE:
+        """A random-weights copy of a trained plain ``model``: its weights become the means,
+        every log-std is ``log_std`` (``-inf``: zero variance, the plain model exactly)."""
+        out = cls(model.x_dim, model.layers, random=random, init_log_std=log_std,
+                  likelihood=model.likelihood).to(next(model.parameters()))
+        plain = dict(model.named_modules())
+        with torch.no_grad():
+            for name, m in out.named_modules():
+                src = plain[name]
+                if isinstance(m, RandomLinear):
+                    m.weight_mean.copy_(src.weight)
+                    m.bias_mean.copy_(src.bias)
+                elif isinstance(m, nn.Linear):
+                    m.load_state_dict(src.state_dict())
+        return out
+
     @property
     def config(self) -> dict:
         return {**super().config, "random": self.random, "init_log_std": self.init_log_std}

@@ -6,7 +6,8 @@ One colour per kind of curve:
 - :data:`VAE` (orange) and :data:`IWAE` (blue): the two models, and their bounds (the
   k-sample ELBO is the VAE's objective, L_k the IWAE's); the other estimators of the
   gradient-estimator chapter have one colour each (:data:`STL`, :data:`DREG`, :data:`MIWAE`,
-  :data:`CIWAE`, :data:`PIWAE`); a family ordered by a number (the power bounds by p) takes
+  :data:`CIWAE`, :data:`PIWAE`), the random-weights models two of their own (:data:`IWAER`,
+  :data:`IWAER_REC`); a family ordered by a number (the power bounds by p) takes
   :data:`SEQUENCE_CMAP`;
 - :data:`TRUTH` (black): what is known exactly: log p(x), the true density, the true
   posterior drawn as a line; :data:`TRUTH_FILL` (grey) the true posterior as a filled area;
@@ -26,7 +27,8 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "VAE", "IWAE", "STL", "DREG", "MIWAE", "CIWAE", "PIWAE", "MODEL_COLORS", "model_color",
+    "VAE", "IWAE", "STL", "DREG", "MIWAE", "CIWAE", "PIWAE", "IWAER", "IWAER_REC",
+    "MODEL_COLORS", "model_color",
     "TRUTH", "TRUTH_FILL", "POOR_Q", "GOOD_Q", "DATA", "REFERENCE", "ON_DARK", "OTHER", "CHECK",
     "TRUTH_LINE", "IMAGE_CMAP", "POSTERIOR_CMAP", "CLASS_CMAP", "SEQUENCE_CMAP",
 ]
@@ -37,9 +39,13 @@ VAE = "#ff7f0e"
 IWAE = "#1f77b4"
 #: the estimators and bounds of the chapter on gradient estimators (tab10's C4-C9)
 STL, DREG, MIWAE, CIWAE, PIWAE = "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"
+#: the IWAE with random weights in both networks (IWAER) and in the recognition network only
+#: (IWAERrec): two darker shades of the IWAE's blue (tab20b)
+IWAER, IWAER_REC = "#393b79", "#6b6ecf"
 #: one colour per model kind, keyed by the name the chapters give the models
 MODEL_COLORS: dict[str, str] = {"VAE": VAE, "IWAE": IWAE, "STL": STL, "DREG": DREG,
-                                "MIWAE": MIWAE, "CIWAE": CIWAE, "PIWAE": PIWAE}
+                                "MIWAE": MIWAE, "CIWAE": CIWAE, "PIWAE": PIWAE,
+                                "IWAER": IWAER, "IWAERREC": IWAER_REC}
 
 #: exact quantities drawn as lines: log p(x), the true density, the true posterior
 TRUTH = "#000000"
