@@ -14,7 +14,8 @@ Two parts, each one result file:
 
 Every model: the first EPOCHS epochs of the paper's schedule at minibatch BATCH with the rates
 times sqrt(BATCH / 20), seed 0; then scored by :func:`iwae_tutorial.studies.score_models`
-(L_5000 on the first N test images, active units, reconstruction loss).
+(L_5000 on N test images, active units, reconstruction loss; the fixed binarization's test
+split is ordered by digit, so its N images are evenly spaced, ``experiments.eval_indices``).
 
 Resumable: the fleet and every single run keep checkpoints under ``--run-root``; rerun the same
 command to continue. A finished part is not retrained.
@@ -36,7 +37,7 @@ from pathlib import Path
 import torch
 
 from iwae_tutorial.checkpoints import write_json_atomic
-from iwae_tutorial.experiments import RunConfig, eval_images, load_dataset
+from iwae_tutorial.experiments import RunConfig, eval_images, eval_subset_text, load_dataset
 from iwae_tutorial.fleet import Fleet
 from iwae_tutorial.objectives import LOG_W_OBJECTIVES, parse_objective
 from iwae_tutorial.paper import ONE_LAYER
@@ -129,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             "schedule": "the paper's first EPOCHS epochs, rates times sqrt(batch / 20)",
             "lr_scale": lr_scale_for_batch(args.batch_size), "seed": 0,
             "n_train": int(x_train.shape[0]),
-            "eval_subset": f"the first {x_eval.shape[0]} of the {ds.x_test.shape[0]} test "
-                           "images" + (", binarized once (seed 0)" if ds.binarize else ""),
+            "eval_subset": eval_subset_text(ds, x_eval.shape[0])
+                           + (", binarized once (seed 0)" if ds.binarize else ""),
             "device": "cpu", "torch_threads": torch.get_num_threads()},
         "wall_time_s": wall,
         "configurations": records,

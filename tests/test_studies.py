@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from iwae_tutorial.data import DataError, load_dataset
+from iwae_tutorial.data import DataError, Dataset, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,3 +93,24 @@ def test_random_weights_study_end_to_end(tmp_path, capsys):
         assert hist is None or sum(hist) == m["weight_stds"]["encoder.0.mean"]["n"]
     capsys.readouterr()
     assert study.main(argv) == 0 and "IWAE" not in capsys.readouterr().err  # nothing retrained
+
+
+def test_a_class_ordered_test_split_is_sampled_evenly():
+    import torch
+
+    from iwae_tutorial.experiments import eval_images, eval_indices, eval_subset_text
+
+    x = torch.arange(10.0).repeat_interleave(3).view(30, 1)  # "classes" 0..9, in order
+    ordered = Dataset("binarized-mnist", x, x, False, "bernoulli", test_by_class=True)
+    plain = Dataset("mnist", x, x, False, "bernoulli")
+    assert eval_indices(ordered, 10).tolist() == list(range(0, 30, 3))  # one per class
+    assert sorted(set(eval_images(ordered, 10)[:, 0].tolist())) == list(map(float, range(10)))
+    assert eval_indices(plain, 10).tolist() == list(range(10))
+    assert eval_indices(ordered, None).tolist() == list(range(30))
+    assert "evenly spaced" in eval_subset_text(ordered, 10)
+    assert eval_subset_text(plain, 10) == "the first 10 of the 30 test images"
+    assert eval_subset_text(ordered, 30) == "all test images"
+    if have("binarized-mnist"):
+        assert load_dataset("binarized-mnist").test_by_class
+    if have("mnist"):
+        assert not load_dataset("mnist").test_by_class

@@ -304,7 +304,7 @@ def _evaluate(model, ds, *, k: int, n: int | None, seed: int, batch_size: int,
     import torch
 
     from .evaluate import ACTIVE_UNITS_THRESHOLD, log_likelihood, paper_active_units
-    from .experiments import eval_images
+    from .experiments import eval_images, eval_subset_text
     from .results import evaluation_fields
 
     device = model.device
@@ -322,7 +322,8 @@ def _evaluate(model, ds, *, k: int, n: int | None, seed: int, batch_size: int,
     t_au = time.perf_counter() - t0
     ev = evaluation_fields(ll, k=k, n_total=n_total, seed=seed, binarized=ds.binarize,
                            active_units=au, active_units_n=n_au,
-                           threshold=ACTIVE_UNITS_THRESHOLD)
+                           threshold=ACTIVE_UNITS_THRESHOLD,
+                           subset=eval_subset_text(ds, n_used))
     return ev, {"eval_nll": t_nll, "active_units": t_au}
 
 

@@ -19,7 +19,7 @@ from .paper import ONE_LAYER, TWO_LAYERS
 from .schedule import Stage, burda_schedule, truncate_schedule
 
 __all__ = ["RunConfig", "Dataset", "load_dataset", "build_model", "DATASETS", "ONE_LAYER",
-           "TWO_LAYERS", "layers_from_string", "eval_images"]
+           "TWO_LAYERS", "layers_from_string", "eval_images", "eval_indices", "eval_subset_text"]
 
 
 @dataclass
@@ -67,13 +67,37 @@ class RunConfig:
         return s if self.epochs is None else truncate_schedule(s, self.epochs)
 
 
+def eval_indices(ds: Dataset, n: int | None = None) -> Tensor:
+    """Which test images a score on ``n`` of them uses: the first ``n``, or, when the test
+    split is ordered by class (``ds.test_by_class``), ``n`` evenly spaced ones (every class in
+    its share). -> [n] indices"""
+    total = ds.x_test.shape[0]
+    n = total if n is None else min(int(n), total)
+    if ds.test_by_class and n < total:
+        return torch.div(torch.arange(n) * total, n, rounding_mode="floor")
+    return torch.arange(n)
+
+
+def eval_subset_text(ds: Dataset, n: int | None = None) -> str:
+    """How :func:`eval_indices` chose the images, in words."""
+    total = ds.x_test.shape[0]
+    n = total if n is None else min(int(n), total)
+    if n == total:
+        return "all test images"
+    if ds.test_by_class:
+        return (f"{n} evenly spaced of the {total} test images (the test split is ordered by "
+                "class)")
+    return f"the first {n} of the {total} test images"
+
+
 def eval_images(ds: Dataset, n: int | None = None, seed: int = 0) -> Tensor:
-    """The first ``n`` test images as they are scored: binarized once with a fixed seed (a CPU
-    generator) when the data set is binarized during training, as in the authors' code.
+    """The ``n`` test images of :func:`eval_indices` as they are scored: binarized once with a
+    fixed seed (a CPU generator) when the data set is binarized during training, as in the
+    authors' code.
 
     -> [n, x_dim] on the CPU
     """
-    x = ds.x_test if n is None else ds.x_test[: int(n)]
+    x = ds.x_test if n is None else ds.x_test[eval_indices(ds, n)]
     if ds.binarize:
         x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
     return x

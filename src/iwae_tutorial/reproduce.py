@@ -340,6 +340,7 @@ def _result(run: _Run, fleet, cfgs: list, histories: list, evaluated: dict, t_st
     import torch
 
     from .evaluate import ACTIVE_UNITS_THRESHOLD, paper_active_units
+    from .experiments import eval_subset_text
     from .fast import STATE_DIR
     from .fleet import FLEET_CHECKPOINT
     from .provenance import provenance
@@ -361,7 +362,8 @@ def _result(run: _Run, fleet, cfgs: list, histories: list, evaluated: dict, t_st
                      evaluation_fields(evaluated["ll"][i], k=run.eval_k, n_total=n_test_total,
                                        seed=run.eval_seed, binarized=ds.binarize,
                                        active_units=counted[i][0], active_units_n=n_au,
-                                       threshold=ACTIVE_UNITS_THRESHOLD),
+                                       threshold=ACTIVE_UNITS_THRESHOLD,
+                                       subset=eval_subset_text(ds, run.n_eval)),
                      wall_time_s=shared_s, run_dir=str(run.run_dir / "members" / c.name))
         for i, c in enumerate(cfgs)]
     schedule = cfgs[0].schedule()

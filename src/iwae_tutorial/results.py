@@ -47,10 +47,12 @@ ROWS = (("vae", 1), ("iwae", 1), ("vae", 2), ("iwae", 2))
 
 def evaluation_fields(log_likelihood: Any, *, k: int, n_total: int, seed: int,
                       binarized: bool, active_units: Any, active_units_n: int,
-                      threshold: float) -> dict[str, Any]:
+                      threshold: float, subset: str | None = None) -> dict[str, Any]:
     """The evaluation part of a record: test NLL = -mean L_k over the first n test images
     (binarized once with ``seed`` when ``binarized``), its standard error, and the active
     units counted the paper's way (see :func:`iwae_tutorial.evaluate.paper_active_units`).
+    ``subset``: how the images were chosen (``experiments.eval_subset_text``); default: the
+    first n.
 
     log_likelihood: [n] float64 per-image L_k; active_units: an ``ActiveUnits``.
     """
@@ -62,8 +64,8 @@ def evaluation_fields(log_likelihood: Any, *, k: int, n_total: int, seed: int,
         "eval_k": int(k),
         "eval_n": n,
         "eval_n_total": int(n_total),
-        "eval_subset": ("all test images" if n == n_total
-                        else f"the first {n} of the {n_total} test images"),
+        "eval_subset": subset or ("all test images" if n == n_total
+                                  else f"the first {n} of the {n_total} test images"),
         "eval_seed": int(seed),
         "test_binarization": (f"one fixed Bernoulli draw (CPU generator seed {seed})"
                               if binarized else "none"),

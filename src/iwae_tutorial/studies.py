@@ -21,7 +21,7 @@ from .evaluate import (
     paper_active_units,
     reconstruction_loss,
 )
-from .experiments import RunConfig
+from .experiments import RunConfig, eval_subset_text
 from .models import IWAE
 from .results import evaluation_fields, model_record
 
@@ -38,7 +38,7 @@ def score_models(models: Sequence[IWAE], cfgs: Sequence[RunConfig], ds: Dataset,
     evaluation fields, ``reconstruction_loss`` (mean over images, nats) and its standard
     error, and the per-image NLL (``nll_per_image``, for paired comparisons on the same images).
 
-    x_eval: [n, x_dim], the scored test images (see :func:`~iwae_tutorial.experiments.eval_images`).
+    x_eval: [n, x_dim], the scored test images (:func:`~iwae_tutorial.experiments.eval_images`).
     """
     gens = [torch.Generator().manual_seed(0) for _ in models]
     ll = log_likelihood_many(models, x_eval, eval_k, generators=gens, progress=progress)
@@ -47,7 +47,8 @@ def score_models(models: Sequence[IWAE], cfgs: Sequence[RunConfig], ds: Dataset,
         au, n_au = paper_active_units(model, ds.x_train, ds.binarize, 0)
         ev = evaluation_fields(ll_i, k=eval_k, n_total=ds.x_test.shape[0], seed=0,
                                binarized=ds.binarize, active_units=au, active_units_n=n_au,
-                               threshold=ACTIVE_UNITS_THRESHOLD)
+                               threshold=ACTIVE_UNITS_THRESHOLD,
+                               subset=eval_subset_text(ds, x_eval.shape[0]))
         rec = reconstruction_loss(model, x_eval, RECON_SAMPLES,
                                   generator=torch.Generator(model.device).manual_seed(1))
         ev.update(reconstruction_loss=float(rec.mean()),

@@ -37,6 +37,9 @@ class Dataset:
     x_valid: Tensor | None = None  # [n_valid, x_dim]
     y_train: Tensor | None = None
     y_valid: Tensor | None = None
+    #: the test split is ordered by class (Larochelle's fixed binarization: all 0s first), so
+    #: its first n images are not a sample of it; see ``experiments.eval_images``
+    test_by_class: bool = False
 
     @property
     def x_dim(self) -> int:
@@ -50,7 +53,8 @@ def load_dataset(name: str, root: str | None = None, download: bool = True,
         d = (load_mnist(root=root, download=download) if name == "mnist"
              else load_binarized_mnist(root=root))
         return Dataset(name, d.x_train, d.x_test, name == "mnist", "bernoulli", d.y_test,
-                       x_valid=d.x_valid, y_train=d.y_train, y_valid=d.y_valid)
+                       x_valid=d.x_valid, y_train=d.y_train, y_valid=d.y_valid,
+                       test_by_class=name == "binarized-mnist")
     if name in ("omniglot-lake28", "omniglot-burda"):
         d = load_omniglot(root=root, variant=name.split("-")[1], download=download)
         return Dataset(name, d.x_train, d.x_test, True, "bernoulli", d.y_test,
