@@ -17,7 +17,7 @@ from ..snr import fit_slope
 from . import style
 from ._util import get_axes
 
-__all__ = ["plot_snr", "plot_bars", "power_colors"]
+__all__ = ["plot_snr", "plot_values", "power_colors"]
 
 
 def plot_snr(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], ax: Axes | None = None,
@@ -68,21 +68,19 @@ def power_colors(ps: Sequence[float]) -> dict[float, str]:
     return out
 
 
-def plot_bars(labels: Sequence[str], values: Sequence[float], errors: Sequence[float],
-              colors: Sequence[str], ax: Axes | None = None, ylabel: str = "test NLL (nats)",
-              title: str | None = None, reference: float | None = None) -> Figure:
-    """Values with error bars as bars, zoomed to their range (NLLs differ by fractions of a
-    nat out of ~90); ``reference`` draws a horizontal line (e.g. the IWAE's value)."""
+def plot_values(labels: Sequence[str], values: Sequence[float], errors: Sequence[float],
+                colors: Sequence[str], ax: Axes | None = None, ylabel: str = "test NLL (nats)",
+                title: str | None = None, reference: float | None = None) -> Figure:
+    """One value per label as a dot with its error bar (differences of fractions of a nat
+    read better as dots on a zoomed axis than as bars cut off at the bottom); ``reference``
+    draws a horizontal line (e.g. 0, or the IWAE's value)."""
     ax = get_axes(ax, (7, 3.5))
-    x = np.arange(len(labels))
-    ax.bar(x, values, yerr=errors, color=colors, capsize=3)
-    lo = min(v - e for v, e in zip(values, errors))
-    hi = max(v + e for v, e in zip(values, errors))
-    pad = 0.3 * (hi - lo) + 1e-6
-    ax.set_ylim(lo - pad, hi + pad)
+    for i, (v, e, c) in enumerate(zip(values, errors, colors)):
+        ax.errorbar([i], [v], yerr=[e], fmt="o", color=c, capsize=4, ms=7)
     if reference is not None:
         ax.axhline(reference, color=style.REFERENCE, lw=0.8, ls=":")
-    ax.set_xticks(x, labels, rotation=20, ha="right")
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set_xlim(-0.5, len(labels) - 0.5)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
