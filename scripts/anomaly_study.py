@@ -31,10 +31,9 @@ from pathlib import Path
 import torch
 from sklearn.metrics import roc_auc_score
 
-from iwae_tutorial.anomaly import SCORES, anomaly_scores
+from iwae_tutorial.anomaly import SCORES, anomaly_scores, scored_images, setups
 from iwae_tutorial.checkpoints import write_json_atomic
-from iwae_tutorial.data import Dataset
-from iwae_tutorial.experiments import RunConfig, load_dataset
+from iwae_tutorial.experiments import RunConfig
 from iwae_tutorial.fleet import Fleet
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
@@ -43,10 +42,6 @@ from iwae_tutorial.stacked import tune_malloc
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = [("vae", 5), ("iwae", 5), ("vae", 50), ("iwae", 50)]
-
-
-def binarized(x: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
-    return torch.bernoulli(x[:n], generator=torch.Generator().manual_seed(seed))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,18 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(out.read_text())
         if old.get("protocol", {}).get("args") == protocol:
             done = old["setups"]
-    mnist = load_dataset("mnist")
-    keep = mnist.y_train != args.held_out
-    setups = {
-        "heldout": (Dataset("mnist", mnist.x_train[keep], mnist.x_test, True, "bernoulli"),
-                    mnist.x_test[mnist.y_test != args.held_out],
-                    mnist.x_test[mnist.y_test == args.held_out],
-                    f"MNIST without the digit {args.held_out}",
-                    f"test digits {args.held_out}", "test digits of the other classes"),
-        "omniglot": (mnist, mnist.x_test, load_dataset("omniglot-lake28").x_test,
-                     "all of MNIST", "Omniglot (lake28) test characters", "MNIST test digits"),
-    }
-    for name, (ds, normal, anomalous, trained_on, pos, neg) in setups.items():
+    all_setups = setups(args.held_out)
+    for name, (ds, normal, anomalous, trained_on, pos, neg) in all_setups.items():
         if name in done:
             continue
         cfgs = [RunConfig(objective=o, k=k, layers=[list(s) for s in ONE_LAYER],
@@ -100,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 75
         t_train = time.perf_counter() - t0
-        xn, xa = binarized(normal, args.eval_n), binarized(anomalous, args.eval_n, seed=1)
+        xn = scored_images(normal, args.eval_n, anomalous=False)
+        xa = scored_images(anomalous, args.eval_n, anomalous=True)
         labels = torch.cat([torch.zeros(len(xn)), torch.ones(len(xa))]).numpy()
         models = []
         t0 = time.perf_counter()

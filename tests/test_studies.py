@@ -114,3 +114,24 @@ def test_a_class_ordered_test_split_is_sampled_evenly():
         assert load_dataset("binarized-mnist").test_by_class
     if have("mnist"):
         assert not load_dataset("mnist").test_by_class
+
+
+def test_anomaly_study_end_to_end(tmp_path):
+    if not (have("mnist") and have("omniglot-lake28")):
+        pytest.skip("MNIST and Omniglot lake28 are needed (set IWAE_DATA_DIR)")
+    from iwae_tutorial.anomaly import SCORES
+
+    out = tmp_path / "a.json"
+    argv = ["--epochs", "1", "--n-train", "200", "--eval-n", "8", "--L", "3", "--out", str(out),
+            "--run-root", str(tmp_path / "runs")]
+    assert script("anomaly_study").main(argv) == 0
+    r = json.loads(out.read_text())
+    assert sorted(r["setups"]) == ["heldout", "omniglot"]
+    for s in r["setups"].values():
+        assert [(m["objective"], m["k"]) for m in s["models"]] == [
+            ("vae", 5), ("iwae", 5), ("vae", 50), ("iwae", 50)]
+        for m in s["models"]:
+            assert list(m["auroc"]) == list(SCORES)
+            assert all(0.0 <= v <= 1.0 for v in m["auroc"].values())
+            assert len(m["scores_anomalous"]["s_iwae"]) == s["n_anomalous"] == 8
+    assert "without the digit 1" in r["setups"]["heldout"]["trained_on"]

@@ -18,14 +18,16 @@ exactly s_vae with L = 1). Everything is computed in log space, accumulated in f
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .bounds import log_mean_exp
+from .data import Dataset, load_dataset
 from .models import IWAE
 
-__all__ = ["SCORES", "anomaly_scores"]
+__all__ = ["SCORES", "anomaly_scores", "Setup", "setups", "scored_images"]
 
 #: the score names, in the report's order (eqs. 14-19)
 SCORES = ("s_vae", "s_vae_kl", "s_vae_reconst", "s_iwae", "s_iwae_kl", "s_iwae_reconst")
@@ -70,3 +72,39 @@ def anomaly_scores(model: IWAE, x: Tensor, L: int = 50, *, kl: str = "analytic",
         for name, value in scores.items():
             parts[name].append(value.cpu())
     return {name: torch.cat(v) for name, v in parts.items()}
+
+
+class Setup(NamedTuple):
+    """One anomaly-detection set-up: the training data, the normal and the anomalous test
+    images (grey values; see :func:`scored_images`), and what they are, in words."""
+
+    train: Dataset
+    normal: Tensor
+    anomalous: Tensor
+    trained_on: str
+    anomalies: str
+    normals: str
+
+
+def setups(held_out: int = 1) -> dict[str, Setup]:
+    """The book's two set-ups: ``heldout`` (MNIST without the digit ``held_out``; anomalies:
+    that digit's test images) and ``omniglot`` (all of MNIST; anomalies: Omniglot lake28 test
+    characters)."""
+    mnist = load_dataset("mnist")
+    keep = mnist.y_train != held_out
+    train = Dataset("mnist", mnist.x_train[keep], mnist.x_test, True, "bernoulli")
+    return {
+        "heldout": Setup(train, mnist.x_test[mnist.y_test != held_out],
+                         mnist.x_test[mnist.y_test == held_out],
+                         f"MNIST without the digit {held_out}", f"test digits {held_out}",
+                         "test digits of the other classes"),
+        "omniglot": Setup(mnist, mnist.x_test, load_dataset("omniglot-lake28").x_test,
+                          "all of MNIST", "Omniglot (lake28) test characters",
+                          "MNIST test digits"),
+    }
+
+
+def scored_images(x: Tensor, n: int, anomalous: bool) -> Tensor:
+    """The first ``n`` images of one side, binarized once (seed 0 for the normal side, 1 for
+    the anomalous side). x: [N, x_dim] grey -> [n, x_dim] binary"""
+    return torch.bernoulli(x[:n], generator=torch.Generator().manual_seed(int(anomalous)))

@@ -27,6 +27,8 @@ def plot_snr(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], ax: Ax
     (what the number of draws cannot tell from zero) are left out of the slope and drawn
     hollow, at the floor, on a grey band; dotted guides show slopes -1/2 and +1/2."""
     ax = get_axes(ax, (6, 4))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     for label, (ks, values) in curves.items():
         ks_, vals = np.asarray(ks, float), np.asarray(values, float)
         color = style.model_color(label, style.OTHER)
@@ -39,16 +41,17 @@ def plot_snr(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], ax: Ax
         ax.plot(ks_[ok], vals[ok], "o", color=color, label=label + slope)
         if floor > 0 and (~ok).any():
             ax.plot(ks_[~ok], np.full((~ok).sum(), floor), "o", mfc="none", color=color)
-    if floor > 0:
-        ax.axhspan(ax.get_ylim()[0], floor, color=style.DATA, zorder=0)
     lo, hi = ax.get_xlim()
     k0 = np.array([max(lo, 1.0), hi])
     y0 = np.exp(np.mean(np.log(ax.get_ylim())))
     k_mid = np.sqrt(k0[0] * k0[1])
     for s in (-0.5, 0.5):  # guides through the middle of the plot
         ax.plot(k0, y0 * (k0 / k_mid) ** s, ":", color=style.REFERENCE, lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    if floor > 0:  # the band below the floor, down to the bottom of the axes
+        bottom, top = ax.get_ylim()
+        bottom = min(bottom, 0.5 * floor)
+        ax.axhspan(bottom, floor, color=style.DATA, zorder=0)
+        ax.set_ylim(bottom, top)
     ax.set_xlabel("k (samples per data point)")
     ax.set_ylabel("SNR = |E g| / std g")
     ax.legend(fontsize=8)
