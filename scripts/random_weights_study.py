@@ -11,7 +11,8 @@ standard deviations are summarised per layer (quantiles and a histogram of log10
 Resumable: every model trains in its own run directory under ``--run-root``; finished models
 are written to the result file at once; rerun the same command to continue.
 
-    python scripts/random_weights_study.py                  # ~1 h on 2 CPU cores
+    python scripts/random_weights_study.py                  # ~50 min on one CPU core
+    python scripts/random_weights_study.py --epochs 500 --trials 5 --eval-n 10000  # the seed's
     python scripts/random_weights_study.py --epochs 1 --n-train 200 --eval-n 5 --eval-k 20 \\
         --trials 2 --out /tmp/rw.json --run-root /tmp/rw     # a smoke run, seconds
 """
@@ -57,11 +58,11 @@ def std_summary(model: RandomWeightsIWAE) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--eval-k", type=int, default=2000)
-    p.add_argument("--eval-n", type=int, default=500)
+    p.add_argument("--eval-n", type=int, default=200)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--run-root", default=str(ROOT / "runs" / "random-weights-study"))
     p.add_argument("--out", default=str(ROOT / "results" / "random-weights-study.json"))

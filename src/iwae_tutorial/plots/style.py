@@ -16,7 +16,8 @@ One colour per kind of curve:
 - :data:`DATA` (light grey): training data; :data:`REFERENCE` (black, thin lines): reference
   values such as 1/k, zero or a threshold; :data:`ON_DARK` (white): lines drawn on the dark
   picture of a posterior; :data:`OTHER` (dark grey): a model that is neither VAE nor IWAE;
-  :data:`CHECK` (grey): a quantity computed by hand to check another.
+  :data:`CHECK` (grey): a quantity computed by hand to check another; :data:`HIGHLIGHT` (red):
+  a frame that singles out items among others (anomalies among ranked images).
 
 The values are matplotlib's default ``tab10`` colours written out, so they do not change with
 the colour cycle (``axes.prop_cycle``). The colour maps of the image-like figures are here too.
@@ -30,6 +31,7 @@ __all__ = [
     "VAE", "IWAE", "STL", "DREG", "MIWAE", "CIWAE", "PIWAE", "IWAER", "IWAER_REC",
     "MODEL_COLORS", "model_color",
     "TRUTH", "TRUTH_FILL", "POOR_Q", "GOOD_Q", "DATA", "REFERENCE", "ON_DARK", "OTHER", "CHECK",
+    "HIGHLIGHT",
     "TRUTH_LINE", "IMAGE_CMAP", "POSTERIOR_CMAP", "CLASS_CMAP", "SEQUENCE_CMAP",
 ]
 
@@ -65,6 +67,8 @@ ON_DARK = "#ffffff"
 OTHER = "#555555"
 #: a quantity computed by hand to check another (e.g. a gradient summed from its terms)
 CHECK = "#7f7f7f"
+#: what singles out some items among others (the anomalies among ranked images)
+HIGHLIGHT = "#d62728"
 
 #: how an exact curve (true density, true posterior) is drawn among the models' curves
 TRUTH_LINE: dict = {"color": TRUTH, "lw": 2.5, "ls": "--"}
