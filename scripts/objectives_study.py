@@ -1,7 +1,7 @@
-"""Training on other objectives at one equal budget: the power-mean bounds and the gradient
-estimators (the chapters "A family of bounds" and "More samples, noisier encoder").
+"""Studies at one equal budget: the power-mean bounds, the gradient estimators (the chapters
+"A family of bounds" and "More samples, noisier encoder"), depth and latent size.
 
-Two parts, each one result file:
+Four parts, each one result file:
 
 - ``power`` -> ``results/power-study.json``: fixed-binarization MNIST (Larochelle's files),
   one stochastic layer, k = 50, the power bound L_p^k for p in {0 (the VAE), 0.5, 1 (the IWAE),
@@ -10,7 +10,11 @@ Two parts, each one result file:
 - ``estimators`` -> ``results/estimator-study.json``: dynamically binarized MNIST, one
   stochastic layer, IWAE, STL and DReG at k = 5 and 50, MIWAE(5, 10), PIWAE(5, 10) and
   CIWAE(beta = 0.05, k = 50) (the fleet trains iwae, miwae and ciwae; ``train.fit`` trains
-  stl, dreg and piwae, whose gradients are not functions of the log-weights).
+  stl, dreg and piwae, whose gradients are not functions of the log-weights);
+- ``depth`` -> ``results/depth-study.json``: dynamic MNIST, VAE and IWAE (k = 5) with 1, 2 and
+  3 stochastic layers (3 layers in the paper's pattern: 200-200-100, 100-100-50, 50-50-25);
+- ``latent`` -> ``results/latent-study.json``: dynamic MNIST, VAE and IWAE (k = 5), one
+  stochastic layer of 10, 20, 50 or 100 latent units (active units per size).
 
 Every model: the first EPOCHS epochs of the paper's schedule at minibatch BATCH with the rates
 times sqrt(BATCH / 20), seed 0; then scored by :func:`iwae_tutorial.studies.score_models`
@@ -22,6 +26,8 @@ command to continue. A finished part is not retrained.
 
     python scripts/objectives_study.py --part power        # ~50 min on 2 CPU cores
     python scripts/objectives_study.py --part estimators   # ~50 min on 2 CPU cores
+    python scripts/objectives_study.py --part depth        # ~15 min on one CPU core
+    python scripts/objectives_study.py --part latent       # ~15 min on one CPU core
     python scripts/objectives_study.py --part power --epochs 1 --n-train 200 --eval-n 10 \\
         --eval-k 20 --out /tmp/p.json --run-root /tmp/p      # a smoke run, seconds
 """
@@ -57,15 +63,26 @@ PARTS = {
     "estimators": ("mnist", [("iwae", 5), ("stl", 5), ("dreg", 5),
                              ("iwae", 50), ("stl", 50), ("dreg", 50),
                              ("miwae:m=5", 10), ("piwae:m=5", 10), ("ciwae:beta=0.05", 50)]),
+    # VAE and IWAE (k = 5) with 1, 2 and 3 stochastic layers, in the paper's pattern
+    "depth": ("mnist", [(o, 5, layers) for layers in ([[200, 200, 50]],
+                                                      [[200, 200, 100], [100, 100, 50]],
+                                                      [[200, 200, 100], [100, 100, 50],
+                                                       [50, 50, 25]])
+                        for o in ("vae", "iwae")]),
+    # one stochastic layer with 10, 20, 50 (the paper's) and 100 latent units
+    "latent": ("mnist", [(o, 5, [[200, 200, d]]) for d in (10, 20, 50, 100)
+                         for o in ("vae", "iwae")]),
 }
 
 
 def configs(part: str, epochs: int, batch: int, n_train: int | None) -> list[RunConfig]:
+    """Grid entries are (objective, k) with the paper's one layer, or (objective, k, layers)."""
     dataset, grid = PARTS[part]
-    return [RunConfig(dataset=dataset, objective=o, k=k, layers=[list(s) for s in ONE_LAYER],
+    return [RunConfig(dataset=dataset, objective=entry[0], k=entry[1],
+                      layers=entry[2] if len(entry) > 2 else [list(s) for s in ONE_LAYER],
                       epochs=epochs, seed=0, batch_size=batch,
                       lr_scale=lr_scale_for_batch(batch), n_train=n_train)
-            for o, k in grid]
+            for entry in grid]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     tune_malloc()
     t_start = time.perf_counter()
-    stem = "estimator" if args.part == "estimators" else args.part
+    stem = {"estimators": "estimator"}.get(args.part, args.part)
     out = Path(args.out or ROOT / "results" / f"{stem}-study.json")
     run_root = Path(args.run_root or ROOT / "runs" / "objectives-study" / args.part)
     protocol = {"part": args.part, "epochs": args.epochs, "batch_size": args.batch_size,
@@ -96,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     ds = load_dataset(cfgs[0].dataset)
     x_train = ds.x_train if args.n_train is None else ds.x_train[:args.n_train]
     in_fleet = [c for c in cfgs if parse_objective(c.objective)[0] in LOG_W_OBJECTIVES]
+    layers: list = []  # the architectures, in grid order (one: as the paper's list)
+    for c in cfgs:
+        if c.layers not in layers:
+            layers.append(c.layers)
     alone = [c for c in cfgs if c not in in_fleet]
     models, histories, wall = {}, {}, {}
     t0 = time.perf_counter()
@@ -126,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(out, {
         "study": f"objectives-{args.part}",
         "protocol": {
-            "args": protocol, "dataset": ds.name, "layers": [list(s) for s in ONE_LAYER],
+            "args": protocol, "dataset": ds.name,
+            "layers": layers if len(layers) > 1 else layers[0],
             "schedule": "the paper's first EPOCHS epochs, rates times sqrt(batch / 20)",
             "lr_scale": lr_scale_for_batch(args.batch_size), "seed": 0,
             "n_train": int(x_train.shape[0]),

@@ -14,8 +14,9 @@ from torch import Tensor
 
 from .data import DATASETS, Dataset, load_dataset
 from .models import IWAE, bernoulli_output_bias
-from .objectives import objective_slug, parse_objective
+from .objectives import parse_objective
 from .paper import ONE_LAYER, TWO_LAYERS
+from .results import run_name
 from .schedule import Stage, burda_schedule, truncate_schedule
 
 __all__ = ["RunConfig", "Dataset", "load_dataset", "build_model", "DATASETS", "ONE_LAYER",
@@ -55,9 +56,8 @@ class RunConfig:
 
     @property
     def name(self) -> str:
-        n_layers = len(self.layers)
-        return (f"{self.dataset}-{objective_slug(self.objective)}-k{self.k}-{n_layers}L-"
-                f"s{self.seed}")
+        """``mnist-iwae-k5-1L-s0`` (see :func:`iwae_tutorial.results.run_name`)."""
+        return run_name(self.dataset, self.objective, self.k, self.layers, self.seed)
 
     def schedule(self) -> list[Stage]:
         """The paper's schedule cut to ``epochs``, or ``epochs`` epochs at the constant ``lr``."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .objectives import objective_slug
-from .paper import PAPER_EPOCHS, TABLE1_KS, paper_numbers
+from .paper import ONE_LAYER, PAPER_EPOCHS, TABLE1_KS, TWO_LAYERS, paper_numbers
 
 __all__ = ["published_dir", "SCHEMA", "model_record", "evaluation_fields", "read_record",
            "read_run_result", "load_result", "find_results", "table1_cells", "table1_markdown",
@@ -43,6 +43,16 @@ _OLD_KEYS = {"test_nll": "nll", "test_nll_stderr": "nll_stderr", "wall_seconds":
 _REQUIRED = ("dataset", "budget", "protocol", "configurations", "provenance")
 KS = TABLE1_KS
 ROWS = (("vae", 1), ("iwae", 1), ("vae", 2), ("iwae", 2))
+
+
+def run_name(dataset: str, objective: str, k: int, layers: Any, seed: int) -> str:
+    """The one name of a configuration: ``mnist-iwae-k5-1L-s0``; the objective as its slug
+    (``power-p2``), and the layer sizes when they are not the paper's (``1L-200x200x10``)."""
+    layers = [[int(v) for v in s] for s in layers]
+    arch = f"{len(layers)}L"
+    if layers not in ([list(s) for s in ONE_LAYER], [list(s) for s in TWO_LAYERS]):
+        arch += "-" + "-".join("x".join(str(v) for v in s) for s in layers)
+    return f"{dataset}-{objective_slug(objective)}-k{int(k)}-{arch}-s{int(seed)}"
 
 
 def evaluation_fields(log_likelihood: Any, *, k: int, n_total: int, seed: int,
@@ -91,9 +101,8 @@ def model_record(config: dict[str, Any], dataset: str, history: list[dict],
     layers = [list(s) for s in config["layers"]]
     record: dict[str, Any] = {
         "schema": SCHEMA,
-        "name": f"{config.get('dataset', dataset)}-{objective_slug(config['objective'])}-"
-                f"k{config['k']}-"
-                f"{len(layers)}L-s{config['seed']}",
+        "name": run_name(config.get("dataset", dataset), config["objective"], config["k"],
+                         layers, config["seed"]),
         "dataset": dataset,
         "config": dict(config),
         "objective": config["objective"],
