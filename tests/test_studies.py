@@ -139,3 +139,18 @@ def test_anomaly_study_end_to_end(tmp_path):
             else:
                 assert m["scores_normal"] == {}
     assert "without the digit 1" in r["setups"]["heldout"]["trained_on"]
+
+
+def test_run_names_say_non_paper_layer_sizes():
+    from iwae_tutorial.experiments import RunConfig
+    from iwae_tutorial.results import run_name
+
+    assert RunConfig().name == "mnist-iwae-k5-1L-s0"  # the paper's layers: the names of old
+    assert RunConfig(layers=[[200, 200, 100], [100, 100, 50]]).name == "mnist-iwae-k5-2L-s0"
+    assert RunConfig(layers=[[200, 200, 10]], objective="vae").name == (
+        "mnist-vae-k5-1L-200x200x10-s0")
+    assert run_name("mnist", "power:p=2", 50, [[200, 200, 50]], 1) == "mnist-power-p2-k50-1L-s1"
+    study = script("objectives_study")
+    for part in ("depth", "latent"):
+        names = [c.name for c in study.configs(part, 1, 100, None)]
+        assert len(set(names)) == len(names) == len(study.PARTS[part][1])
