@@ -154,3 +154,18 @@ def test_run_names_say_non_paper_layer_sizes():
     for part in ("depth", "latent"):
         names = [c.name for c in study.configs(part, 1, 100, None)]
         assert len(set(names)) == len(names) == len(study.PARTS[part][1])
+
+
+def test_binarization_study_end_to_end(tmp_path):
+    if not (have("mnist") and have("binarized-mnist")):
+        pytest.skip("MNIST and the fixed binarization are needed (set IWAE_DATA_DIR)")
+    out = tmp_path / "b.json"
+    argv = ["--epochs", "2", "--n-train", "100", "--n", "10", "--k", "5", "--out", str(out),
+            "--run-root", str(tmp_path / "runs")]
+    assert script("binarization_study").main(argv) == 0
+    r = json.loads(out.read_text())
+    assert sorted(r["binarizations"]) == ["dynamic", "fixed"]
+    for b in r["binarizations"].values():
+        for m in b["models"]:
+            assert len(m["train_L_k"]) == len(m["test_L_k"]) == len(m["train_bound_per_epoch"]) == 2
+    assert "evenly spaced" in r["binarizations"]["fixed"]["test_images"]
