@@ -24,7 +24,6 @@ Resumable: the fleets keep checkpoints under ``--run-root``; rerun to continue.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from iwae_tutorial.fleet import Fleet
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.schedule import lr_scale_for_batch
-from iwae_tutorial.stacked import tune_malloc
+from iwae_tutorial.studies import finished_parts, start
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = [("vae", 5), ("iwae", 5), ("vae", 50), ("iwae", 50)]
@@ -58,17 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-root", default=str(ROOT / "runs" / "anomaly-study"))
     p.add_argument("--out", default=str(ROOT / "results" / "anomaly-study.json"))
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tune_malloc()
-    t_start = time.perf_counter()
+    t_start = start(args.threads)
     out = Path(args.out)
     protocol = {k: v for k, v in vars(args).items() if k not in ("threads", "run_root", "out")}
-    done: dict = {}
-    if out.exists():
-        old = json.loads(out.read_text())
-        if old.get("protocol", {}).get("args") == protocol:
-            done = old["setups"]
+    done = finished_parts(out, protocol, "setups")
+    n_before = len(done)
     all_setups = setups(args.held_out)
     for name, (ds, normal, anomalous, trained_on, pos, neg) in all_setups.items():
         if name in done:
@@ -132,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in models:
             print(f"{name} {m['objective']} k={m['k']}: " + ", ".join(
                 f"{s} {v:.3f}" for s, v in m["auroc"].items()), file=sys.stderr)
-    print(f"wrote {out}")
+    print(f"wrote {out}" if len(done) > n_before else f"{out}: done already (same arguments)")
     return 0
 
 

@@ -19,7 +19,6 @@ fleet are in the result file; rerun to continue an unfinished one).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from iwae_tutorial.fleet import Fleet
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.schedule import lr_scale_for_batch
-from iwae_tutorial.stacked import tune_malloc
+from iwae_tutorial.studies import finished_parts, start
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = {"dynamic": "mnist", "fixed": "binarized-mnist"}
@@ -92,17 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-root", default=str(ROOT / "runs" / "binarization-study"))
     p.add_argument("--out", default=str(ROOT / "results" / "binarization-study.json"))
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tune_malloc()
-    t_start = time.perf_counter()
+    t_start = start(args.threads)
     out = Path(args.out)
     protocol = {k: v for k, v in vars(args).items() if k not in ("threads", "run_root", "out")}
-    done: dict = {}
-    if out.exists():
-        old = json.loads(out.read_text())
-        if old.get("protocol", {}).get("args") == protocol:
-            done = old["binarizations"]
+    done = finished_parts(out, protocol, "binarizations")
+    n_before = len(done)
     for name, dataset in DATASETS.items():
         if name in done:
             continue
@@ -126,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in done[name]["models"]:
             print(f"{name} {m['objective']}: train {m['train_L_k'][-1]:.2f}, test "
                   f"{m['test_L_k'][-1]:.2f}", file=sys.stderr)
-    print(f"wrote {out}")
+    print(f"wrote {out}" if len(done) > n_before else f"{out}: done already (same arguments)")
     return 0
 
 

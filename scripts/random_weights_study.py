@@ -20,7 +20,6 @@ are written to the result file at once; rerun the same command to continue.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ from iwae_tutorial.models import bernoulli_output_bias
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.random_weights import RANDOM, RandomWeightsIWAE, weight_stds
 from iwae_tutorial.schedule import Stage
-from iwae_tutorial.stacked import tune_malloc
+from iwae_tutorial.studies import finished_parts, start
 from iwae_tutorial.train import fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,18 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-root", default=str(ROOT / "runs" / "random-weights-study"))
     p.add_argument("--out", default=str(ROOT / "results" / "random-weights-study.json"))
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tune_malloc()
-    t_start = time.perf_counter()
+    t_start = start(args.threads)
     out = Path(args.out)
     protocol = {"epochs": args.epochs, "trials": args.trials, "n_train": args.n_train,
                 "eval_k": args.eval_k, "eval_n": args.eval_n}
-    done: dict = {}
-    if out.exists():
-        old = json.loads(out.read_text())
-        if old.get("protocol", {}).get("args") == protocol:
-            done = {r["name"]: r for r in old["models"]}
+    done = {r["name"]: r for r in finished_parts(out, protocol, "models")}
+    n_before = len(done)
     ds = load_dataset("mnist")
     x_train = ds.x_train if args.n_train is None else ds.x_train[:args.n_train]
     x_eval = eval_images(ds, args.eval_n, seed=0)
@@ -130,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             })
             print(f"{name}: NLL {done[name]['nll']:.2f} ({t_train:.0f} s training)",
                   file=sys.stderr)
-    print(f"wrote {out}")
+    print(f"wrote {out}" if len(done) > n_before else f"{out}: done already (same arguments)")
     return 0
 
 

@@ -8,6 +8,8 @@ count and the reconstruction loss -log p(x | h), h ~ q(h | x), on the same image
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -24,8 +26,9 @@ from .evaluate import (
 from .experiments import RunConfig, eval_subset_text
 from .models import IWAE
 from .results import evaluation_fields, model_record
+from .stacked import tune_malloc
 
-__all__ = ["score_models", "RECON_SAMPLES"]
+__all__ = ["score_models", "RECON_SAMPLES", "start", "finished_parts"]
 
 #: samples of h per image in the reconstruction loss
 RECON_SAMPLES = 10
@@ -62,3 +65,22 @@ def score_models(models: Sequence[IWAE], cfgs: Sequence[RunConfig], ds: Dataset,
 def run_dir_of(root: str | Path, cfg: RunConfig) -> Path:
     """Where a study keeps the run of ``cfg`` trained alone (by ``train.fit``)."""
     return Path(root) / cfg.name
+
+
+def start(threads: int | None) -> float:
+    """A study script's start: ``threads`` CPU threads (when given), the allocator tuned for
+    the stacked kernels; returns the start time (``time.perf_counter``)."""
+    if threads:
+        torch.set_num_threads(threads)
+    tune_malloc()
+    return time.perf_counter()
+
+
+def finished_parts(out: str | Path, protocol: dict, key: str) -> dict:
+    """What a resumable study already wrote to ``out``: its ``key`` section when the file
+    exists and was written with the same arguments (``protocol["args"]``), else nothing."""
+    out = Path(out)
+    if not out.exists():
+        return {}
+    old = json.loads(out.read_text())
+    return old.get(key, {}) if old.get("protocol", {}).get("args") == protocol else {}
