@@ -50,8 +50,7 @@ from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.runs import train_run
 from iwae_tutorial.schedule import lr_scale_for_batch
-from iwae_tutorial.stacked import tune_malloc
-from iwae_tutorial.studies import score_models
+from iwae_tutorial.studies import score_models, start
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-root", default=None, help="default runs/objectives-study/PART")
     p.add_argument("--out", default=None, help="default results/PART-study.json")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tune_malloc()
-    t_start = time.perf_counter()
+    t_start = start(args.threads)
     stem = {"estimators": "estimator"}.get(args.part, args.part)
     out = Path(args.out or ROOT / "results" / f"{stem}-study.json")
     run_root = Path(args.run_root or ROOT / "runs" / "objectives-study" / args.part)
