@@ -160,8 +160,8 @@ def test_binarization_study_end_to_end(tmp_path):
     if not (have("mnist") and have("binarized-mnist")):
         pytest.skip("MNIST and the fixed binarization are needed (set IWAE_DATA_DIR)")
     out = tmp_path / "b.json"
-    argv = ["--epochs", "2", "--n-train", "100", "--n", "10", "--k", "5", "--out", str(out),
-            "--run-root", str(tmp_path / "runs")]
+    argv = ["--epochs", "2", "--n-train", "100", "--n", "10", "--k", "5", "--eval-k", "20",
+            "--out", str(out), "--run-root", str(tmp_path / "runs")]
     assert script("binarization_study").main(argv) == 0
     r = json.loads(out.read_text())
     assert sorted(r["binarizations"]) == ["dynamic", "fixed"]
@@ -169,3 +169,18 @@ def test_binarization_study_end_to_end(tmp_path):
         for m in b["models"]:
             assert len(m["train_L_k"]) == len(m["test_L_k"]) == len(m["train_bound_per_epoch"]) == 2
     assert "evenly spaced" in r["binarizations"]["fixed"]["test_images"]
+    # every model scored on both test sets: the binarizations compared on the same images
+    nll = r["nll"]
+    assert nll["eval_k"] == 20 and sorted(nll["test_sets"]) == ["dynamic", "fixed"]
+    assert sorted((m["trained_on"], m["objective"]) for m in nll["models"]) == [
+        ("dynamic", "iwae"), ("dynamic", "vae"), ("fixed", "iwae"), ("fixed", "vae")]
+    for m in nll["models"]:
+        for test_set in ("dynamic", "fixed"):
+            per_image = m["nll_per_image"][test_set]
+            assert len(per_image) == 10 and all(v > 0 for v in per_image)
+            assert abs(sum(per_image) / 10 - m["nll"][test_set]) < 1e-3
+    # a rerun finds everything done; a missing fleet checkpoint is named, not retrained
+    assert script("binarization_study").main(argv) == 0
+    (tmp_path / "runs" / "fixed" / "fleet.pt").unlink()
+    with pytest.raises(SystemExit, match="fleet.pt is missing"):
+        script("binarization_study").main([*argv[:-4], "--eval-k", "30", *argv[-4:]])

@@ -43,6 +43,7 @@ __all__ = [
     "encode_means",
     "neighbour_agreement",
     "q_width",
+    "traverse_unit",
     "decode_grid",
     "slerp",
     "interpolate",
@@ -353,6 +354,23 @@ def q_width(model: IWAE, x: Tensor, units: Tensor | None = None,
     if units is not None:
         log_std = log_std[:, units.cpu()]
     return float(log_std.double().mean().exp())
+
+
+@torch.no_grad()
+def traverse_unit(model: IWAE, x: Tensor, unit: int, values: Tensor | Sequence[float]) -> Tensor:
+    """Move one unit of the code of x and decode: the mean of q(h_1 | x) with unit ``unit``
+    set to each of ``values`` in turn, the other units kept. An inactive unit (its posterior
+    mean does not move with x) should change nothing the decoder draws.
+
+    x: [x_dim] (one image), values: [m] -> pixel probabilities [m, x_dim] (CPU)
+    """
+    h = encode_means(model, x.reshape(1, -1))[0]
+    if not 0 <= unit < h.numel():
+        raise ValueError(f"unit {unit} is not one of the {h.numel()} units of the first layer")
+    values = torch.as_tensor(values, dtype=h.dtype)
+    codes = h.repeat(values.numel(), 1)
+    codes[:, unit] = values
+    return model.decode(codes.to(model.device)).cpu()
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ from .models import IWAE
 from .results import evaluation_fields, model_record
 from .stacked import tune_malloc
 
-__all__ = ["score_models", "RECON_SAMPLES", "start", "finished_parts"]
+__all__ = ["score_models", "RECON_SAMPLES", "start", "finished_parts", "paired_difference"]
 
 #: samples of h per image in the reconstruction loss
 RECON_SAMPLES = 10
@@ -60,6 +60,22 @@ def score_models(models: Sequence[IWAE], cfgs: Sequence[RunConfig], ds: Dataset,
                   nll_per_image=[round(-v, 4) for v in ll_i.tolist()])
         records.append(model_record(asdict(cfg), ds.name, hist, ev, **extra))
     return records
+
+
+def paired_difference(a: dict, b: dict) -> tuple[float, float]:
+    """Record ``a``'s test NLL minus record ``b``'s, paired image by image: the mean of the
+    differences of ``nll_per_image`` and its standard error (nats). Paired, the error is that
+    of the difference, far smaller than either NLL's own when the two models find the same
+    images hard.
+
+    a, b: result records scored on the same images -> (mean, standard error)
+    """
+    da, db = a.get("nll_per_image"), b.get("nll_per_image")
+    if da is None or db is None or len(da) != len(db):
+        raise ValueError(f"{a.get('name')} and {b.get('name')} were not scored on the same "
+                         "images (nll_per_image missing or of different lengths)")
+    d = torch.tensor(da, dtype=torch.float64) - torch.tensor(db, dtype=torch.float64)
+    return float(d.mean()), float(d.std() / len(d) ** 0.5)
 
 
 def run_dir_of(root: str | Path, cfg: RunConfig) -> Path:
