@@ -222,3 +222,22 @@ def test_q_width_is_the_geometric_mean_std():
     mask = torch.tensor([True, False, True])
     assert math.isclose(latent.q_width(m, x, mask, batch_size=2),
                         float(std[:, mask].log().mean().exp()), rel_tol=1e-5)
+
+
+def test_traverse_unit_moves_one_unit_of_the_code():
+    torch.manual_seed(0)
+    m = IWAE(784, [(20, 6)])
+    x = torch.bernoulli(torch.full((784,), 0.3))
+    values = torch.linspace(-2, 2, 5)
+    out = latent.traverse_unit(m, x, 3, values)
+    assert out.shape == (5, 784) and ((out > 0) & (out < 1)).all()
+    h = latent.encode_means(m, x[None])[0]
+    codes = h.repeat(5, 1)
+    codes[:, 3] = values
+    assert torch.allclose(out, m.decode(codes))
+    with torch.no_grad():  # a unit the decoder ignores changes nothing
+        m.decoder[-1].body[0].weight[:, 3] = 0.0
+    flat = latent.traverse_unit(m, x, 3, values)
+    assert torch.allclose(flat, flat[:1].expand_as(flat))
+    with pytest.raises(ValueError, match="unit 6"):
+        latent.traverse_unit(m, x, 6, values)

@@ -50,6 +50,22 @@ def test_paper_numbers():
     assert paper_numbers("omniglot-burda", "iwae", 50, 2)["comparable"]
 
 
+def test_table1_markdown_stars_the_unverified_paper_numbers():
+    from iwae_tutorial.results import table1_markdown
+
+    def cell(objective, layers, k):
+        return {"objective": objective, "stochastic_layers": layers, "k": k, "nll": 120.0,
+                "nll_stderr": 2.0, "paper": paper_numbers("omniglot-lake28", objective, k, layers)}
+
+    omni = {"configurations": [cell(o, 1, k) for o in ("vae", "iwae") for k in (5, 50)]}
+    text = table1_markdown(omni)
+    assert "(107.62, +12.38)" in text and "(104.67*, +15.33)" in text  # verified, unverified
+    assert "unverified" in text.splitlines()[-1]
+    mnist = {"configurations": [{**cell("vae", 1, 5),
+                                 "paper": paper_numbers("mnist", "vae", 5, 1)}]}
+    assert "*" not in table1_markdown(mnist) and "unverified" not in table1_markdown(mnist)
+
+
 def test_stop_and_resume_gives_the_same_result(tmp_path):
     kw = dict(run_root=tmp_path / "runs", results_dir=tmp_path / "results", device="cpu",
               progress=False, ds=tiny_dataset(), eval_block=3)

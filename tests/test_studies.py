@@ -30,6 +30,54 @@ def have(dataset: str) -> bool:
     return True
 
 
+def test_paired_difference():
+    from iwae_tutorial.studies import paired_difference
+
+    a = {"name": "a", "nll_per_image": [90.0, 100.0, 110.0, 120.0]}
+    b = {"name": "b", "nll_per_image": [91.0, 100.5, 111.5, 121.0]}  # differences -1, -.5, -1.5, -1
+    mean, se = paired_difference(a, b)
+    assert mean == pytest.approx(-1.0)
+    sd = math.sqrt(((0.0) ** 2 + 0.5 ** 2 + 0.5 ** 2 + 0.0) / 3)
+    assert se == pytest.approx(sd / 2)
+    assert se < 0.5  # far below either NLL's own standard error (about 6.5)
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference(a, {"name": "c", "nll_per_image": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference(a, {"name": "d"})
+
+
+def test_study_figures_draw_what_they_are_given():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from iwae_tutorial.plots import studies, style
+
+    recs = [{"objective": o, "layers": layers, "active_units": au}
+            for o, layers, au in (("vae", [[200, 200, 50]], [24]), ("iwae", [[200, 200, 50]], [48]),
+                                  ("vae", [[200, 200, 100], [100, 100, 50]], [99, 8]))]
+    fig = studies.plot_units_per_layer(recs)
+    heights = sorted(round(b.get_height()) for b in fig.axes[0].patches)
+    assert heights == sorted([50, 24, 50, 48, 100, 99, 50, 8])  # outline (size) and count
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1L: h1", "2L: h1", "2L: h2"]
+    plt.close(fig)
+    fig = studies.plot_variance_panels({"10 units": {"VAE": [1e-4, 0.5], "IWAE": [0.2, 0.9]},
+                                        "50 units": {"VAE": [1e-3] * 5, "IWAE": [0.3] * 5}})
+    assert len(fig.axes) == 2
+    assert fig.axes[0].patches[0].get_edgecolor()[:3] == matplotlib.colors.to_rgb(style.VAE)
+    plt.close(fig)
+    models = [{"objective": "iwae", "k": 5, "train_L_k": [-100.0, -95.0, -93.0],
+               "test_L_k": [-100.5, -96.0, -94.5]}]
+    fig = studies.plot_train_test(models)
+    assert [ln.get_linestyle() for ln in fig.axes[0].lines] == ["-", "--"]
+    plt.close(fig)
+    fig = studies.plot_generalisation_gap({"fixed": models})
+    gap = fig.axes[0].lines[0].get_ydata()
+    assert list(gap) == pytest.approx([0.5, 1.0, 1.5])
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("part", ["power", "estimators"])
 def test_objectives_study_end_to_end(part, tmp_path, capsys):
     study = script("objectives_study")

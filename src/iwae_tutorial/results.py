@@ -198,10 +198,12 @@ def _fmt(v: float | None, nd: int = 2) -> str:
 
 
 def table1_markdown(result: dict[str, Any]) -> str:
-    """Test NLL per cell as "ours (paper, gap)" in the paper's layout, as a Markdown table."""
+    """Test NLL per cell as "ours (paper, gap)" in the paper's layout, as a Markdown table; a
+    paper number the project could not verify is starred, with a note under the table."""
     cells = table1_cells(result)
     head = "| model | stochastic layers | " + " | ".join(f"k = {k}" for k in KS) + " |"
     lines = [head, "|---|---|" + "---|" * len(KS)]
+    unverified = False
     for obj, layers in ROWS:
         row = [obj.upper(), str(layers)]
         for k in KS:
@@ -214,9 +216,14 @@ def table1_markdown(result: dict[str, Any]) -> str:
             if c.get("nll_stderr") is not None:
                 ours += f" ± {c['nll_stderr']:.2f}"
             if paper is not None:
-                ours += f" ({paper:.2f}, {c['nll'] - paper:+.2f})"
+                star = "*" if c["paper"].get("verified") is False else ""
+                unverified = unverified or bool(star)
+                ours += f" ({paper:.2f}{star}, {c['nll'] - paper:+.2f})"
             row.append(ours)
         lines.append("| " + " | ".join(row) + " |")
+    if unverified:
+        lines.append("\n\\* unverified: the project found no copy of the paper's table to check "
+                     "this number against")
     return "\n".join(lines)
 
 
