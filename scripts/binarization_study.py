@@ -33,7 +33,7 @@ from iwae_tutorial.fleet import FLEET_CHECKPOINT, Fleet
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.schedule import lr_scale_for_batch
-from iwae_tutorial.studies import finished_parts, start
+from iwae_tutorial.studies import earlier_provenance, finished_parts, start
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = {"dynamic": "mnist", "fixed": "binarized-mnist"}
@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     done = finished_parts(out, protocol, "binarizations")
     across = finished_parts(out, protocol, "nll")
     n_before = len(done) + bool(across)
+    earlier = earlier_provenance(out) if n_before else []
 
     def write() -> None:
         write_json_atomic(out, {
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             "provenance": provenance(command=["python", "scripts/binarization_study.py",
                                               *(argv if argv is not None else sys.argv[1:])],
                                      wall_seconds=time.perf_counter() - t_start, device="cpu"),
+            **({"earlier_provenance": earlier} if earlier else {}),
         })
 
     for name, dataset in DATASETS.items():

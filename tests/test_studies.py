@@ -227,8 +227,14 @@ def test_binarization_study_end_to_end(tmp_path):
             per_image = m["nll_per_image"][test_set]
             assert len(per_image) == 10 and all(v > 0 for v in per_image)
             assert abs(sum(per_image) / 10 - m["nll"][test_set]) < 1e-3
-    # a rerun finds everything done; a missing fleet checkpoint is named, not retrained
+    # a rerun finds everything done; another --eval-k rescores the trained models and keeps
+    # the provenance of the run that trained them; a missing checkpoint is named, not retrained
     assert script("binarization_study").main(argv) == 0
+    assert "earlier_provenance" not in json.loads(out.read_text())
+    assert script("binarization_study").main([*argv[:-4], "--eval-k", "25", *argv[-4:]]) == 0
+    r2 = json.loads(out.read_text())
+    assert r2["nll"]["eval_k"] == 25 and r2["binarizations"] == r["binarizations"]
+    assert r2["earlier_provenance"] == [r["provenance"]]
     (tmp_path / "runs" / "fixed" / "fleet.pt").unlink()
     with pytest.raises(SystemExit, match="fleet.pt is missing"):
         script("binarization_study").main([*argv[:-4], "--eval-k", "30", *argv[-4:]])

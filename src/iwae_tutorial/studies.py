@@ -28,7 +28,8 @@ from .models import IWAE
 from .results import evaluation_fields, model_record
 from .stacked import tune_malloc
 
-__all__ = ["score_models", "RECON_SAMPLES", "start", "finished_parts", "paired_difference"]
+__all__ = ["score_models", "RECON_SAMPLES", "start", "finished_parts", "paired_difference",
+           "earlier_provenance"]
 
 #: samples of h per image in the reconstruction loss
 RECON_SAMPLES = 10
@@ -60,6 +61,18 @@ def score_models(models: Sequence[IWAE], cfgs: Sequence[RunConfig], ds: Dataset,
                   nll_per_image=[round(-v, 4) for v in ll_i.tolist()])
         records.append(model_record(asdict(cfg), ds.name, hist, ev, **extra))
     return records
+
+
+def earlier_provenance(out: str | Path) -> list[dict]:
+    """The provenance of the invocations that wrote the parts of ``out`` a resumed study keeps:
+    the existing file's ``provenance`` after its own ``earlier_provenance`` (oldest first);
+    empty when there is no file. Store it as ``earlier_provenance`` next to the new one."""
+    out = Path(out)
+    if not out.exists():
+        return []
+    old = json.loads(out.read_text())
+    return [*old.get("earlier_provenance", []),
+            *([old["provenance"]] if "provenance" in old else [])]
 
 
 def paired_difference(a: dict, b: dict) -> tuple[float, float]:
