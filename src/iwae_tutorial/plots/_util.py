@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 
 def get_axes(ax: Axes | None, figsize: tuple[float, float] = (6, 4)) -> Axes:
@@ -18,3 +19,13 @@ def get_axes(ax: Axes | None, figsize: tuple[float, float] = (6, 4)) -> Axes:
 def to_numpy(t: torch.Tensor | np.ndarray) -> np.ndarray:
     """A tensor (any device, with or without grad) or array as a NumPy array."""
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def finish(ax: Axes, xlabel: str, ylabel: str, title: str | None = None) -> Figure:
+    """Label the axes, draw the legend (small), set the title when given; -> the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax.figure

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from ..snr import fit_slope
 from . import style
-from ._util import get_axes
+from ._util import finish, get_axes
 
 __all__ = ["plot_snr", "plot_values", "power_colors"]
 
@@ -52,12 +52,7 @@ def plot_snr(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], ax: Ax
         bottom = min(bottom, 0.5 * floor)
         ax.axhspan(bottom, floor, color=style.DATA, zorder=0)
         ax.set_ylim(bottom, top)
-    ax.set_xlabel("k (samples per data point)")
-    ax.set_ylabel("SNR = |E g| / std g")
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax.figure
+    return finish(ax, "k (samples per data point)", "SNR = |E g| / std g", title)
 
 
 def power_colors(ps: Sequence[float]) -> dict[float, str]:

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from ..evaluate import ACTIVE_UNITS_THRESHOLD
 from . import style
-from ._util import get_axes
+from ._util import finish, get_axes
 
 __all__ = ["plot_units_per_layer", "plot_variance_panels", "plot_train_test",
            "plot_generalisation_gap"]
@@ -94,12 +94,7 @@ def plot_train_test(models: Sequence[Mapping[str, Any]], ax: Axes | None = None,
         name = f"{m['objective'].upper()} k={m['k']}"
         ax.plot(epochs, m["train_L_k"][skip:], "-", color=color, label=f"{name}, train")
         ax.plot(epochs, m["test_L_k"][skip:], "--", color=color, label=f"{name}, test")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("bound (nats)")
-    ax.legend(fontsize=8)
-    if title:
-        ax.set_title(title)
-    return ax.figure
+    return finish(ax, "epoch", "bound (nats)", title)
 
 
 def plot_generalisation_gap(runs: Mapping[str, Sequence[Mapping[str, Any]]],
@@ -114,7 +109,4 @@ def plot_generalisation_gap(runs: Mapping[str, Sequence[Mapping[str, Any]]],
             ax.plot(np.arange(1, len(gap) + 1), gap, ls, color=style.model_color(m["objective"]),
                     label=f"{m['objective'].upper()} k={m['k']}, {label}")
     ax.axhline(0, color=style.REFERENCE, lw=0.8)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("train minus test bound (nats)")
-    ax.legend(fontsize=8)
-    return ax.figure
+    return finish(ax, "epoch", "train minus test bound (nats)")
