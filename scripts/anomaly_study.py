@@ -38,7 +38,7 @@ from iwae_tutorial.fleet import Fleet
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.schedule import lr_scale_for_batch
-from iwae_tutorial.studies import finished_parts, start
+from iwae_tutorial.studies import add_run_arguments, finished_parts, protocol_args, start
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = [("vae", 5), ("iwae", 5), ("vae", 50), ("iwae", 50)]
@@ -53,13 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--L", type=int, default=100, help="samples per score (default 100)")
     p.add_argument("--eval-n", type=int, default=2000, help="images per side (default 2000)")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--run-root", default=str(ROOT / "runs" / "anomaly-study"))
-    p.add_argument("--out", default=str(ROOT / "results" / "anomaly-study.json"))
+    add_run_arguments(p, ROOT / "runs" / "anomaly-study", ROOT / "results" / "anomaly-study.json")
     args = p.parse_args(argv)
     t_start = start(args.threads)
     out = Path(args.out)
-    protocol = {k: v for k, v in vars(args).items() if k not in ("threads", "run_root", "out")}
+    protocol = protocol_args(args)
     done = finished_parts(out, protocol, "setups")
     n_before = len(done)
     all_setups = setups(args.held_out)

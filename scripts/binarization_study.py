@@ -27,13 +27,20 @@ from pathlib import Path
 import torch
 
 from iwae_tutorial.checkpoints import write_json_atomic
+from iwae_tutorial.data import Dataset
 from iwae_tutorial.evaluate import log_likelihood_many
 from iwae_tutorial.experiments import RunConfig, eval_images, eval_subset_text, load_dataset
 from iwae_tutorial.fleet import FLEET_CHECKPOINT, Fleet
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.schedule import lr_scale_for_batch
-from iwae_tutorial.studies import earlier_provenance, finished_parts, start
+from iwae_tutorial.studies import (
+    add_run_arguments,
+    earlier_provenance,
+    finished_parts,
+    protocol_args,
+    start,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = {"dynamic": "mnist", "fixed": "binarized-mnist"}
@@ -48,14 +55,13 @@ def configs(dataset: str, args: argparse.Namespace) -> list[RunConfig]:
             for o, k in GRID]
 
 
-def trained_models(dataset: str, name: str, args: argparse.Namespace) -> list:
+def trained_models(ds: Dataset, name: str, args: argparse.Namespace) -> list:
     """The finished fleet of one binarization, read back from its checkpoint (no training)."""
     run_dir = Path(args.run_root) / name
     if not (run_dir / FLEET_CHECKPOINT).exists():
         raise SystemExit(f"{run_dir / FLEET_CHECKPOINT} is missing: the NLL of the trained "
                          f"models needs it; delete {args.out} and rerun to train them again")
-    ds = load_dataset(dataset)
-    cfgs = configs(dataset, args)
+    cfgs = configs(ds.name, args)
     x_train = ds.x_train if args.n_train is None else ds.x_train[:args.n_train]
     fleet = Fleet.from_configs(cfgs, ds, "cpu")
     res = fleet.fit(x_train, schedule=cfgs[0].schedule(), batch_size=args.batch_size,
@@ -70,14 +76,14 @@ def score_across(args: argparse.Namespace, eval_k: int) -> dict:
     once by us; the fixed files', binarized by Larochelle): the two binarizations' models
     compared on the same images, on each set."""
     t0 = time.perf_counter()
-    test_sets = {name: (load_dataset(d), eval_images(load_dataset(d), args.n, seed=0))
-                 for name, d in DATASETS.items()}
+    datasets = {name: load_dataset(d) for name, d in DATASETS.items()}
+    test_sets = {name: (ds, eval_images(ds, args.n, seed=0)) for name, ds in datasets.items()}
     out: dict = {"eval_k": eval_k, "test_sets": {
         name: eval_subset_text(ds, args.n) + (", binarized once (seed 0)" if ds.binarize else
                                               ", as binarized in the files")
         for name, (ds, _) in test_sets.items()}, "models": []}
-    for trained_on, dataset in DATASETS.items():
-        models = trained_models(dataset, trained_on, args)
+    for trained_on, ds in datasets.items():
+        models = trained_models(ds, trained_on, args)
         entries = [{"trained_on": trained_on, "objective": o, "k": k, "nll": {},
                     "nll_stderr": {}, "nll_per_image": {}} for o, k in GRID]
         for scored_on, (_, x) in test_sets.items():
@@ -139,14 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=100, help="samples of the per-epoch L_k")
     p.add_argument("--eval-k", type=int, default=5000,
                    help="samples of the final test NLL of every model on both test sets")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--run-root", default=str(ROOT / "runs" / "binarization-study"))
-    p.add_argument("--out", default=str(ROOT / "results" / "binarization-study.json"))
+    add_run_arguments(p, ROOT / "runs" / "binarization-study",
+                      ROOT / "results" / "binarization-study.json")
     args = p.parse_args(argv)
     t_start = start(args.threads)
     out = Path(args.out)
-    protocol = {k: v for k, v in vars(args).items()
-                if k not in ("threads", "run_root", "out", "eval_k")}
+    protocol = protocol_args(args, "eval_k")  # another --eval-k only rescores
     done = finished_parts(out, protocol, "binarizations")
     across = finished_parts(out, protocol, "nll")
     n_before = len(done) + bool(across)

@@ -50,7 +50,7 @@ from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.runs import train_run
 from iwae_tutorial.schedule import lr_scale_for_batch
-from iwae_tutorial.studies import score_models, start
+from iwae_tutorial.studies import add_run_arguments, protocol_args, score_models, start
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,16 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--eval-k", type=int, default=5000)
     p.add_argument("--eval-n", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--run-root", default=None, help="default runs/objectives-study/PART")
-    p.add_argument("--out", default=None, help="default results/PART-study.json")
+    add_run_arguments(p, None, None)  # default runs/objectives-study/PART, results/PART-study.json
     args = p.parse_args(argv)
     t_start = start(args.threads)
     stem = {"estimators": "estimator"}.get(args.part, args.part)
     out = Path(args.out or ROOT / "results" / f"{stem}-study.json")
     run_root = Path(args.run_root or ROOT / "runs" / "objectives-study" / args.part)
-    protocol = {"part": args.part, "epochs": args.epochs, "batch_size": args.batch_size,
-                "n_train": args.n_train, "eval_k": args.eval_k, "eval_n": args.eval_n}
+    protocol = protocol_args(args)
     if out.exists() and json.loads(out.read_text()).get("protocol", {}).get("args") == protocol:
         print(f"{out}: done already", file=sys.stderr)
         return 0

@@ -33,7 +33,7 @@ from iwae_tutorial.models import bernoulli_output_bias
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.random_weights import RANDOM, RandomWeightsIWAE, weight_stds
 from iwae_tutorial.schedule import Stage
-from iwae_tutorial.studies import finished_parts, start
+from iwae_tutorial.studies import add_run_arguments, finished_parts, protocol_args, start
 from iwae_tutorial.train import fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,14 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--eval-k", type=int, default=2000)
     p.add_argument("--eval-n", type=int, default=200)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--run-root", default=str(ROOT / "runs" / "random-weights-study"))
-    p.add_argument("--out", default=str(ROOT / "results" / "random-weights-study.json"))
+    add_run_arguments(p, ROOT / "runs" / "random-weights-study",
+                      ROOT / "results" / "random-weights-study.json")
     args = p.parse_args(argv)
     t_start = start(args.threads)
     out = Path(args.out)
-    protocol = {"epochs": args.epochs, "trials": args.trials, "n_train": args.n_train,
-                "eval_k": args.eval_k, "eval_n": args.eval_n}
+    protocol = protocol_args(args)
     done = {r["name"]: r for r in finished_parts(out, protocol, "models")}
     n_before = len(done)
     ds = load_dataset("mnist")

@@ -30,6 +30,21 @@ def have(dataset: str) -> bool:
     return True
 
 
+def test_protocol_args_leave_out_where_and_how_a_study_runs():
+    import argparse
+
+    from iwae_tutorial.studies import add_run_arguments, protocol_args
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--eval-k", type=int, default=5000)
+    add_run_arguments(p, "runs/x", "results/x.json")
+    args = p.parse_args(["--threads", "2", "--out", "/tmp/y.json"])
+    assert (args.run_root, args.out, args.threads) == ("runs/x", "/tmp/y.json", 2)
+    assert protocol_args(args) == {"epochs": 5, "eval_k": 5000}
+    assert protocol_args(args, "eval_k") == {"epochs": 5}
+
+
 def test_paired_difference():
     from iwae_tutorial.studies import paired_difference
 

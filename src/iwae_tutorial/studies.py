@@ -8,6 +8,7 @@ count and the reconstruction loss -log p(x | h), h ~ q(h | x), on the same image
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from .results import evaluation_fields, model_record
 from .stacked import tune_malloc
 
 __all__ = ["score_models", "RECON_SAMPLES", "start", "finished_parts", "paired_difference",
-           "earlier_provenance"]
+           "earlier_provenance", "RUN_ARGUMENTS", "add_run_arguments", "protocol_args"]
 
 #: samples of h per image in the reconstruction loss
 RECON_SAMPLES = 10
@@ -94,6 +95,26 @@ def paired_difference(a: dict, b: dict) -> tuple[float, float]:
 def run_dir_of(root: str | Path, cfg: RunConfig) -> Path:
     """Where a study keeps the run of ``cfg`` trained alone (by ``train.fit``)."""
     return Path(root) / cfg.name
+
+
+#: a study script's arguments that say where and how it runs, not what it computes
+RUN_ARGUMENTS = ("threads", "run_root", "out")
+
+
+def add_run_arguments(p: argparse.ArgumentParser, run_root: str | Path | None,
+                      out: str | Path | None) -> None:
+    """Add ``--threads``, ``--run-root`` and ``--out`` (with these defaults) to a study's
+    parser: the arguments :func:`protocol_args` leaves out of the protocol."""
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--run-root", default=None if run_root is None else str(run_root),
+                   help="where the resumable state goes")
+    p.add_argument("--out", default=None if out is None else str(out), help="the result file")
+
+
+def protocol_args(args: argparse.Namespace, *also: str) -> dict:
+    """What a study computes, as its parsed arguments without :data:`RUN_ARGUMENTS` (and
+    ``also``): the key under which :func:`finished_parts` finds a finished part again."""
+    return {k: v for k, v in vars(args).items() if k not in (*RUN_ARGUMENTS, *also)}
 
 
 def start(threads: int | None) -> float:
