@@ -103,15 +103,16 @@ def test_cli_on_a_planted_checkpoint(camel_run, capsys, tmp_path, command):
 def test_fleet_and_eval_checkpoints_load_safely(tmp_path):
     marker = tmp_path / "pwned"
     ds = tiny_dataset()
-    for name in (FLEET_CHECKPOINT, "eval.pt"):
-        d = tmp_path / "runs" / "mnist-smoke"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / name).unlink(missing_ok=True)
-    torch.save({"params": Planted(marker)}, tmp_path / "runs" / "mnist-smoke" / FLEET_CHECKPOINT)
-    with pytest.raises(CheckpointError, match="refused"):
-        rp.reproduce("mnist", TINY, run_root=tmp_path / "runs", results_dir=tmp_path / "res",
-                     device="cpu", progress=False, ds=ds)
-    assert not marker.exists()
+    run = tmp_path / "runs" / "mnist-smoke"
+    for planted in (run / "1L" / FLEET_CHECKPOINT, run / "stages.pt"):
+        for p in (run / "1L" / FLEET_CHECKPOINT, run / "stages.pt"):
+            p.unlink(missing_ok=True)
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"params": Planted(marker)}, planted)
+        with pytest.raises(CheckpointError, match="refused"):
+            rp.reproduce("mnist", TINY, run_root=tmp_path / "runs",
+                         results_dir=tmp_path / "res", device="cpu", progress=False, ds=ds)
+        assert not marker.exists()
 
 
 # ------------------------------------------------------------------ 2. no NaN in a checkpoint
@@ -169,12 +170,16 @@ def test_truncated_checkpoint_under_train(camel_run, capsys):
     assert load_checkpoint(ckpt)["epoch"] == 2
 
 
-@pytest.mark.parametrize("name", [FLEET_CHECKPOINT, "eval.pt"])
+@pytest.mark.parametrize("name", [f"1L/{FLEET_CHECKPOINT}", "stages.pt",
+                                  "1L/stages/epoch-0001/eval.pt"])
 def test_corrupt_fleet_or_eval_state_under_reproduce(tmp_path, name):
     kw = dict(run_root=tmp_path / "runs", results_dir=tmp_path / "res", device="cpu",
-              progress=False, ds=tiny_dataset())
-    assert rp.reproduce("mnist", TINY, **kw)[0] == "done"
+              progress=False, ds=tiny_dataset(), eval_block=3)
     path = tmp_path / "runs" / "mnist-smoke" / name
+    for _ in range(5):  # stopped after a step or a block: until the file exists
+        rp.reproduce("mnist", TINY, max_minutes=1e-9, **kw)
+        if path.exists():
+            break
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError) as err:
         rp.reproduce("mnist", TINY, **kw)

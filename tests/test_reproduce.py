@@ -10,6 +10,7 @@ from helpers import TINY, tiny_dataset
 
 from iwae_tutorial import reproduce as rp
 from iwae_tutorial.paper import paper_numbers
+from iwae_tutorial.results import pack_per_image, unpack_per_image
 
 REQUIRED_CONFIG_KEYS = {"name", "objective", "k", "stochastic_layers", "nll", "eval_k", "eval_n",
                         "active_units", "train_bound", "epochs", "wall_time_s", "paper"}
@@ -71,7 +72,7 @@ def test_stop_and_resume_gives_the_same_result(tmp_path):
               progress=False, ds=tiny_dataset(), eval_block=3)
     status, path = rp.reproduce("mnist", TINY, max_minutes=1e-9, **kw)
     assert status != "done" and path is None
-    assert (tmp_path / "runs" / "mnist-smoke" / "fleet.pt").exists()
+    assert (tmp_path / "runs" / "mnist-smoke" / "1L" / "fleet.pt").exists()
     status, path = rp.reproduce("mnist", TINY, **kw)
     assert status == "done"
     d = check_result(path, "mnist", "smoke", 40, 5, 6)
@@ -83,6 +84,55 @@ def test_stop_and_resume_gives_the_same_result(tmp_path):
     for a, b in zip(d["configurations"], d2["configurations"]):
         assert a["nll"] == b["nll"] and a["train_bound"] == b["train_bound"]
         assert a["active_units"] == b["active_units"]
+
+
+def test_stages_resumed_across_boundaries_equal_an_uninterrupted_run(tmp_path):
+    """Stopped after every step of training and every block of evaluation (about ten
+    invocations, across the stage ends 1 and 4), the stage results equal one run's."""
+    budget = rp.Budget("4", 40, 4, 5, 6, "tiny: 4 epochs, stages 1 and 4")
+    kw = dict(results_dir=tmp_path / "results", device="cpu", progress=False,
+              ds=tiny_dataset(), eval_block=3, two_layer_epochs=1, verbose=False)
+    status, one_go = rp.reproduce("mnist", budget, run_root=tmp_path / "one", **kw)
+    assert status == "done" and one_go.name == "mnist-4-2L1.json"
+    ref = json.loads(one_go.read_text())
+    for calls in range(1, 60):  # noqa: B007 - counted
+        status, path = rp.reproduce("mnist", budget, run_root=tmp_path / "pieces",
+                                    max_minutes=1e-9, **{**kw, "results_dir": tmp_path / "r2"})
+        if status == "done":
+            break
+        partial = json.loads((tmp_path / "r2" / "mnist-4-2L1.json").read_text()) \
+            if (tmp_path / "r2" / "mnist-4-2L1.json").exists() else None
+        assert partial is None or partial["status"] == "partial"
+    assert status == "done" and calls > 8  # it was stopped many times
+    got = json.loads(path.read_text())
+    assert ref["status"] == got["status"] == "complete"
+    assert [s["epochs"] for s in ref["stages"]] == [1, 4]
+    assert ref["protocol"]["epochs_by_layers"] == {"1L": 4, "2L": 1}
+    for s_ref, s_got in zip(ref["stages"], got["stages"], strict=True):
+        names = [c["name"] for c in s_ref["configurations"]]
+        assert len(names) == (12 if s_ref["epochs"] == 1 else 6)
+        for a, b in zip(s_ref["configurations"], s_got["configurations"], strict=True):
+            assert a["name"] == b["name"] and a["epochs"] == s_ref["epochs"]
+            assert a["nll"] == b["nll"] and a["train_bound"] == b["train_bound"]
+            assert a["ll_per_image"] == b["ll_per_image"]
+            assert a["active_units"] == b["active_units"]
+            ll = unpack_per_image(a["ll_per_image"])
+            assert ll.shape == (6,) and abs(-ll.mean() - a["nll"]) < 1e-3
+    # the IWAE with k = 1 is the VAE with k = 1, trained once
+    cells = {c["name"]: c for c in ref["configurations"]}
+    assert cells["mnist-iwae-k1-1L-s0"]["trained_as"] == "mnist-vae-k1-1L-s0"
+    assert cells["mnist-iwae-k1-1L-s0"]["nll"] == cells["mnist-vae-k1-1L-s0"]["nll"]
+    assert cells["mnist-iwae-k5-1L-s0"]["epochs"] == 4 and cells["mnist-iwae-k5-2L-s0"][
+        "epochs"] == 1
+
+
+def test_per_image_values_round_trip():
+    import numpy as np
+
+    ll = np.array([-87.12345, -120.5, -0.0004])
+    assert np.allclose(unpack_per_image(pack_per_image(ll)), ll, atol=5e-4)
+    with pytest.raises(ValueError):
+        pack_per_image([float("nan")])
 
 
 def test_smoke_end_to_end_on_mnist(tmp_path):
@@ -113,6 +163,6 @@ def test_fast_trainer_and_batch_are_named_in_the_protocol(tmp_path):
     assert (p["batch_size"], p["trainer"], p["name"]) == (10, "fast", "mnist-smoke-b10-fast")
     assert p["lr_scale"] == pytest.approx(0.5 ** 0.5) and "counter-based" in p["noise"]
     assert d["configurations"][0]["config"]["batch_size"] == 10
-    assert (tmp_path / "runs" / "mnist-smoke-b10-fast" / "fast-state" / "index.pt").exists()
+    assert (tmp_path / "runs" / "mnist-smoke-b10-fast" / "1L" / "fast-state" / "index.pt").exists()
     with pytest.raises(ValueError, match="trainer"):
         rp.reproduce("mnist", TINY, trainer="turbo", **kw)

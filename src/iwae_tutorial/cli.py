@@ -213,6 +213,9 @@ def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
                    help="smoke (seconds), book (default; ~20-35 min on 2 CPU cores for MNIST), "
                         "full (the paper's 3,280 epochs) or a number of epochs of the paper's "
                         "schedule on all training images")
+    p.add_argument("--two-layer-epochs", type=_positive_int, default=None, metavar="E",
+                   help="stop the two-layer cells after E epochs (the one-layer cells train "
+                        "the whole budget); named -2L<E> in the result file")
     p.add_argument("--max-minutes", type=_positive_float, default=None, metavar="M",
                    help="stop cleanly (checkpointed) before M minutes of wall time; run the "
                         "same command again to continue")
@@ -476,12 +479,15 @@ def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .checkpoints import check_writable
-    from .reproduce import EXIT_NOT_FINISHED, protocol_tag, reproduce
+    from .reproduce import EXIT_NOT_FINISHED, protocol_tag, reproduce, resolve_budget
     from .stacked import tune_malloc
 
     device = _device(args.device)
     _set_threads(args.threads)
-    tag = protocol_tag(args.dataset, args.budget, args.batch_size, args.trainer, args.tf32)
+    two = args.two_layer_epochs
+    if two is not None and two >= resolve_budget(args.budget).epochs:
+        two = None  # the whole budget
+    tag = protocol_tag(args.dataset, args.budget, args.batch_size, args.trainer, args.tf32, two)
     check_writable(Path(args.results_dir) / f"{tag}.json", "--results-dir")
     check_writable(Path(args.run_root) / "probe", "--run-root")  # before any computing
     if not args.no_malloc_tuning:
@@ -490,7 +496,8 @@ def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
         args.dataset, args.budget, run_root=args.run_root, results_dir=args.results_dir,
         device=device, max_minutes=args.max_minutes, seed=args.seed, eval_k=args.eval_k,
         eval_n=args.eval_n, eval_seed=args.eval_seed, eval_batch_size=args.eval_batch_size,
-        restart=args.restart, gemm=args.gemm, data_dir=args.data_dir,
+        two_layer_epochs=args.two_layer_epochs, restart=args.restart, gemm=args.gemm,
+        data_dir=args.data_dir,
         download=not args.no_download, progress=not args.no_progress,
         batch_size=args.batch_size, trainer=args.trainer, tf32=args.tf32,
         command=["python", "-m", "iwae_tutorial", *argv])

@@ -18,6 +18,7 @@ from .objectives import parse_objective
 from .paper import ONE_LAYER, TWO_LAYERS
 from .results import run_name
 from .schedule import Stage, burda_schedule, truncate_schedule
+from .seeding import stream_seed
 
 __all__ = ["RunConfig", "Dataset", "load_dataset", "build_model", "DATASETS", "ONE_LAYER",
            "TWO_LAYERS", "layers_from_string", "eval_images", "eval_indices", "eval_subset_text"]
@@ -107,7 +108,7 @@ def build_model(cfg: RunConfig, ds: Dataset, device: torch.device | str = "cpu")
     """The seeded, initialised model of ``cfg`` (output bias from the training data)."""
     x_train = ds.x_train if cfg.n_train is None else ds.x_train[: cfg.n_train]
     bias = bernoulli_output_bias(x_train) if ds.likelihood == "bernoulli" else None
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(stream_seed(cfg.seed, "weights"))
     return IWAE(ds.x_dim, cfg.layers, likelihood=ds.likelihood, output_bias=bias).to(device)
 
 

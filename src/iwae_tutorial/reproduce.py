@@ -40,6 +40,7 @@ training images binarized once, with the threshold 0.01.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -49,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .paper import EVAL_K, PAPER_EPOCHS
-from .schedule import PAPER_BATCH, lr_scale_for_batch, schedule_epochs
+from .schedule import PAPER_BATCH, lr_scale_for_batch
 
 if TYPE_CHECKING:
     import torch
@@ -105,10 +106,14 @@ def resolve_budget(text: str) -> Budget:
 
 
 def protocol_tag(dataset: str, budget: str, batch_size: int = PAPER_BATCH,
-                 trainer: str = "exact", tf32: bool = False) -> str:
+                 trainer: str = "exact", tf32: bool = False,
+                 two_layer_epochs: int | None = None) -> str:
     """The name of a run and of its result file: ``<dataset>-<budget>`` plus what differs
-    from the paper's protocol (``-b<batch>``, ``-fast``, ``-tf32``)."""
+    from the paper's protocol (``-2L<epochs>`` when the two-layer cells stop earlier,
+    ``-b<batch>``, ``-fast``, ``-tf32``)."""
     tag = f"{dataset}-{budget}"
+    if two_layer_epochs is not None:
+        tag += f"-2L{int(two_layer_epochs)}"
     if batch_size != PAPER_BATCH:
         tag += f"-b{batch_size}"
     if trainer != "exact":
@@ -137,6 +142,7 @@ def reproduce(
     eval_seed: int = 0,
     eval_batch_size: int = 100,
     eval_block: int | None = None,
+    two_layer_epochs: int | None = None,
     restart: bool = False,
     gemm: str = "auto",
     data_dir: str | None = None,
@@ -149,28 +155,48 @@ def reproduce(
     tf32: bool = False,
     verbose: bool = True,
 ) -> tuple[str, Path | None]:
-    """Train, evaluate and write ``results_dir/<dataset>-<protocol>.json``.
+    """Train, evaluate at the end of every stage of the schedule, and write
+    ``results_dir/<dataset>-<protocol>.json`` after each evaluated stage.
 
-    The protocol is the budget, then what differs from the paper's: ``-b<batch_size>`` for a
+    The protocol is the budget, then what differs from the paper's: ``-2L<E>`` when
+    ``two_layer_epochs`` stops the two-layer cells after E epochs, ``-b<batch_size>`` for a
     batch other than 20 (its learning rates scaled by ``schedule.lr_scale_for_batch``),
     ``-fast`` for the fast trainer (:mod:`iwae_tutorial.fast`: counter-based noise, CUDA-graph
     blocks) instead of the exact one, ``-tf32`` for TF32 matrix products on CUDA.
 
-    Returns ``("done", path)`` or ``(reason, None)`` when it stopped early ("time limit" or
-    "signal") with its state saved under ``run_root/<dataset>-<budget>/``.
+    The one-layer and the two-layer cells train as two fleets; the IWAE with k = 1 is the VAE
+    with k = 1 (the bounds are equal), so it is trained once and recorded twice. At the end of
+    each stage of the paper's schedule (1, 4, 13, 40, 121, ... epochs, and the last epoch of
+    the budget) the members' weights are saved (``<run>/<part>/stages/epoch-EEEE/``, run
+    directories readable by :func:`iwae_tutorial.runs.load_run`) and scored from those saved
+    weights: L_k of every model on the same test images (per-image values kept, so any two
+    cells can be compared image by image) and the active units. A run resumed across a stage
+    boundary therefore gives the same stage results as an uninterrupted one.
+
+    Returns ``("done", path)`` or ``(reason, None)`` when it stopped early ("time limit or
+    signal") with its state saved under ``run_root/<protocol>/`` (the result file then holds
+    the stages finished so far, ``"status": "partial"``).
     ``ds`` (an :class:`~iwae_tutorial.experiments.Dataset`) skips loading the data (tests).
     """
     import torch
 
-    from .checkpoints import RunDirLock, write_json_atomic
+    from .checkpoints import RunDirLock
     from .experiments import load_dataset
     from .profiles import default_device
+    from .provenance import provenance
 
     t_start = time.perf_counter()
     b = budget if isinstance(budget, Budget) else resolve_budget(budget)
     if trainer not in ("exact", "fast"):
         raise ValueError(f"trainer must be 'exact' or 'fast', got {trainer!r}")
-    run_dir = Path(run_root) / protocol_tag(dataset, b.name, batch_size, trainer, tf32)
+    if two_layer_epochs is not None:
+        two_layer_epochs = int(two_layer_epochs)
+        if not 1 <= two_layer_epochs:
+            raise ValueError(f"--two-layer-epochs must be positive, got {two_layer_epochs}")
+        if two_layer_epochs >= b.epochs:
+            two_layer_epochs = None  # the whole budget: nothing differs
+    tag = protocol_tag(dataset, b.name, batch_size, trainer, tf32, two_layer_epochs)
+    run_dir = Path(run_root) / tag
     with RunDirLock(run_dir, "--run-root"):  # one process at a time
         if restart:  # everything but the lock we hold
             for p in run_dir.iterdir():
@@ -182,28 +208,45 @@ def reproduce(
             ds = load_dataset(dataset, root=data_dir, download=download, seed=seed)
         n_total, n_test = int(ds.x_train.shape[0]), int(ds.x_test.shape[0])
         want_eval = eval_n or b.eval_n
-        run = _Run(dataset=dataset, budget=b, run_dir=run_dir, ds=ds,
-                   device=torch.device(device) if device else default_device(),
+        dev = torch.device(device) if device else default_device()
+        run = _Run(dataset=dataset, budget=b, run_dir=run_dir, ds=ds, device=dev,
                    n_train=n_total if b.n_train is None else min(int(b.n_train), n_total),
                    n_eval=n_test if want_eval is None else min(int(want_eval), n_test),
                    eval_k=int(eval_k or b.eval_k), eval_seed=eval_seed,
                    eval_batch_size=eval_batch_size,
                    eval_block=eval_block or max(eval_batch_size, 100), seed=seed, gemm=gemm,
                    progress=progress, batch_size=batch_size, trainer=trainer, tf32=tf32,
-                   verbose=verbose,
-                   deadline=None if max_minutes is None else t_start + 60.0 * max_minutes)
-        trained = _train_stage(run)
-        if trained is None:
-            return "time limit or signal", None
-        fleet, cfgs, histories = trained
-        evaluated = _eval_stage(run, fleet.models(), fleet_epochs=len(histories[0]))
-        if evaluated is None:
-            return "time limit or signal", None
-        result = _result(run, fleet, cfgs, histories, evaluated, t_start, command)
-        path = write_json_atomic(Path(results_dir) / f"{run_dir.name}.json", result)
+                   verbose=verbose, two_layer_epochs=two_layer_epochs, tag=tag,
+                   deadline=None if max_minutes is None else t_start + 60.0 * max_minutes,
+                   command=command,
+                   started=json.loads(json.dumps(provenance(command=command, device=dev))))
+        parts = _parts(run)
+        done = _load_done(run)
+        out_path = Path(results_dir) / f"{tag}.json"
+        points = sorted({e for part in parts for e in part.ends})
+        for e in points:
+            for part in parts:
+                if e not in part.ends or _stage_key(part, e) in done:
+                    continue
+                scored = _score_stage(run, part, e)
+                if scored is None:
+                    return "time limit or signal", None
+                done[_stage_key(part, e)] = scored
+                _save_done(run, done)
+                result = _result(run, parts, done, t_start)
+                out_path = _write_result(out_path, result)
+                run.log(f"{part.name} after {e} epoch(s): scored; {out_path} updated")
+        result = _result(run, parts, done, t_start)
+        out_path = _write_result(out_path, result)
     if verbose:
         _print_table(result)
-    return "done", path
+    return "done", out_path
+
+
+def _write_result(path: Path, result: dict) -> Path:
+    from .checkpoints import write_json_atomic
+
+    return write_json_atomic(path, result)
 
 
 @dataclass
@@ -228,12 +271,16 @@ class _Run:
     trainer: str
     tf32: bool
     verbose: bool
+    two_layer_epochs: int | None
+    tag: str
+    deadline: float | None
+    command: list[str] | None
+    started: dict  # provenance at the start of this invocation (the code that runs)
 
     def log(self, msg: str) -> None:
         """A progress line on stderr (off with ``verbose=False``, e.g. in the built book)."""
         if self.verbose:
             _log(msg)
-    deadline: float | None
 
     def seconds_left(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.perf_counter()
@@ -242,45 +289,173 @@ class _Run:
     def is_paper_protocol(self) -> bool:
         return (self.n_train == self.ds.x_train.shape[0] and self.budget.epochs == PAPER_EPOCHS
                 and self.eval_k == EVAL_K and self.n_eval == self.ds.x_test.shape[0]
-                and self.batch_size == PAPER_BATCH and not self.tf32)
+                and self.batch_size == PAPER_BATCH and not self.tf32
+                and self.two_layer_epochs is None)
 
 
-def _train_stage(run: _Run):
-    """Train the 12 configurations together (resuming from ``run_dir/fleet.pt``) and write
-    each as a run directory under ``run_dir/members``. -> (fleet, configs, histories), or
-    None when it stopped early (state saved)."""
-    import torch
+@dataclass
+class _Part:
+    """The cells with one number of stochastic layers: trained together as one fleet."""
 
-    from .fast import fit_fast
-    from .fleet import Fleet, table1_configs
+    name: str  # "1L", "2L"
+    configs: list  # RunConfig of the trained members
+    epochs: int
+    ends: list[int]  # epochs after which the members are scored
+    aliases: dict  # name of an untrained cell -> (its RunConfig, the trained member's index)
+
+    def run_dir(self, run: _Run) -> Path:
+        return run.run_dir / self.name
+
+    def stage_dir(self, run: _Run, epochs: int) -> Path:
+        return self.run_dir(run) / "stages" / f"epoch-{epochs:04d}"
+
+
+def _parts(run: _Run) -> list[_Part]:
+    """The 12 configurations of Table 1 as two fleets (one per number of stochastic layers);
+    the IWAE with k = 1 is an alias of the VAE with k = 1."""
+    from .fleet import table1_configs
+    from .schedule import burda_schedule, stage_ends, truncate_schedule
 
     n_total = int(run.ds.x_train.shape[0])
     cfgs = table1_configs(run.dataset, epochs=run.budget.epochs, seed=run.seed,
                           n_train=None if run.n_train == n_total else run.n_train,
                           batch_size=run.batch_size,
                           lr_scale=lr_scale_for_batch(run.batch_size))
+    parts = []
+    for n_layers in (1, 2):
+        mine = [c for c in cfgs if len(c.layers) == n_layers]
+        trained = [c for c in mine if not (c.objective == "iwae" and c.k == 1)]
+        aliases = {}
+        for c in mine:
+            if c.objective == "iwae" and c.k == 1:
+                twin = next(i for i, t in enumerate(trained) if t.objective == "vae" and t.k == 1)
+                aliases[c.name] = (c, twin)
+        epochs = run.budget.epochs
+        if n_layers == 2 and run.two_layer_epochs is not None:
+            epochs = min(epochs, run.two_layer_epochs)
+        ends = stage_ends(truncate_schedule(burda_schedule(), epochs))
+        parts.append(_Part(f"{n_layers}L", trained, epochs, ends, aliases))
+    return parts
+
+
+def _stage_key(part: _Part, epochs: int) -> str:
+    return f"{part.name}@{epochs}"
+
+
+def _done_path(run: _Run) -> Path:
+    return run.run_dir / "stages.pt"
+
+
+def _done_key(run: _Run) -> dict:
+    """What a saved stage result depends on besides the training (which the fleet checkpoint
+    fingerprints): a change here scores the stages anew."""
+    return {"eval_k": run.eval_k, "eval_n": run.n_eval, "eval_seed": run.eval_seed,
+            "eval_batch_size": run.eval_batch_size, "n_train": run.n_train}
+
+
+def _load_done(run: _Run) -> dict:
+    """The stages scored so far (``stages.pt`` in the run directory), when their settings are
+    this invocation's."""
+    from .checkpoints import load_tensors
+
+    path = _done_path(run)
+    if not path.exists():
+        return {}
+    saved = load_tensors(path, what="saved stage results",
+                         fix="delete it to score the saved stages again (nothing is retrained)")
+    if saved.get("key") != _done_key(run) or not isinstance(saved.get("stages"), dict):
+        run.log("the saved stage results used other evaluation settings; scoring anew")
+        return {}
+    return dict(saved["stages"])
+
+
+def _save_done(run: _Run, done: dict) -> None:
+    from .checkpoints import save_tensors
+
+    save_tensors(_done_path(run), {"key": _done_key(run), "stages": done})
+
+
+def _train_to(run: _Run, part: _Part, epochs: int):
+    """Train ``part``'s fleet to the end of ``epochs`` (resuming from its checkpoint).
+    -> (fleet, histories), or None when it stopped early (state saved)."""
+    import torch
+
+    from .fast import fit_fast
+    from .fleet import Fleet
+    from .schedule import truncate_schedule
+
     if run.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = run.tf32
         torch.backends.cudnn.allow_tf32 = run.tf32
-    fleet = Fleet.from_configs(cfgs, run.ds, run.device, gemm=run.gemm)
-    run.log(f"{run.run_dir.name}: training {len(cfgs)} configurations together on "
-         f"{run.n_train} images for {run.budget.epochs} epoch(s), batch {run.batch_size}, "
-         f"{run.trainer} trainer, on {run.device} (gemm={fleet.gemm}, threads "
-         f"{torch.get_num_threads()}); state in {run.run_dir}")
+    fleet = Fleet.from_configs(part.configs, run.ds, run.device, gemm=run.gemm)
+    schedule = truncate_schedule(part.configs[0].schedule(), epochs)
+    run.log(f"{run.tag} {part.name}: training {len(part.configs)} configurations together on "
+            f"{run.n_train} images to epoch {epochs}, batch {run.batch_size}, {run.trainer} "
+            f"trainer, on {run.device} (gemm={fleet.gemm}, threads {torch.get_num_threads()})")
     fit = fleet.fit if run.trainer == "exact" else partial(fit_fast, fleet)
-    res = fit(run.ds.x_train[:run.n_train], schedule=cfgs[0].schedule(),
-              batch_size=cfgs[0].batch_size, binarize=run.ds.binarize,
-              run_dir=run.run_dir, max_seconds=run.seconds_left(), progress=run.progress)
+    res = fit(run.ds.x_train[:run.n_train], schedule=schedule,
+              batch_size=part.configs[0].batch_size, binarize=run.ds.binarize,
+              run_dir=part.run_dir(run), max_seconds=run.seconds_left(), progress=run.progress)
     if not res.finished:
-        run.log(f"stopped after epoch {res.epochs_done} (mid-epoch state saved)")
+        run.log(f"{part.name}: stopped after epoch {res.epochs_done} (state saved)")
         return None
-    fleet.save_members(run.run_dir / "members", cfgs, res.history)
-    return fleet, cfgs, res.history
+    return fleet, res.history
 
 
-def _eval_stage(run: _Run, models: list, fleet_epochs: int) -> dict | None:
+def _score_stage(run: _Run, part: _Part, epochs: int) -> dict | None:
+    """The members of ``part`` after ``epochs`` epochs: trained (or read back from their saved
+    weights), scored by L_k on the test images and their active units counted.
+    -> the stage's entry, or None when it stopped early (state saved)."""
+    from .fleet import FLEET_CHECKPOINT
+    from .runs import load_run
+
+    stage_dir = part.stage_dir(run, epochs)
+    if not (stage_dir / "fleet.json").exists():  # written last by save_members
+        trained = _train_to(run, part, epochs)
+        if trained is None:
+            return None
+        fleet, histories = trained
+        fleet.save_members(stage_dir, part.configs, histories)
+    loaded = [load_run(stage_dir / c.name) for c in part.configs]
+    models = [m.to(run.device).eval() for m, _, _ in loaded]
+    histories = [h for _, _, h in loaded]
+    if any(len(h) != epochs for h in histories):
+        raise ValueError(f"the saved weights in {stage_dir} are not of epoch {epochs}; delete "
+                         "that folder to train them again")
+    evaluated = _eval_stage(run, models, stage_dir / "eval.pt", epochs)
+    if evaluated is None:
+        return None
+    t0 = time.perf_counter()
+    from .evaluate import paper_active_units
+
+    counted = [paper_active_units(m, run.ds.x_train, run.ds.binarize, run.eval_seed)
+               for m in models]
+    start = 0 if epochs == part.ends[0] else part.ends[part.ends.index(epochs) - 1]
+    return {
+        "part": part.name, "epochs": epochs,
+        "histories": histories,
+        "ll": evaluated["ll"],  # [M, n_eval] float64
+        "active_units": [[int(v) for v in au.counts] for au, _ in counted],
+        "active_units_variances": [[v.tolist() for v in au.variances] for au, _ in counted],
+        "active_units_n": counted[0][1],
+        "seconds": {"train": float(sum(h["seconds"] for h in histories[0][start:epochs])),
+                    "eval_nll": float(evaluated["seconds"]),
+                    "active_units": time.perf_counter() - t0},
+        "weights": str(stage_dir),
+        "checkpoint": str(part.run_dir(run) / FLEET_CHECKPOINT),
+        "provenance": {**run.started, "date_utc": _now()},
+    }
+
+
+def _now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _eval_stage(run: _Run, models: list, eval_path: Path, epochs: int) -> dict | None:
     """L_k of every model on the first ``n_eval`` test images, in blocks, resumable from
-    ``run_dir/eval.pt``. -> {"ll": [M, n_eval] float64, "seconds": ...}, or None when it
+    ``eval_path``. -> {"ll": [M, n_eval] float64, "seconds": ...}, or None when it
     stopped early (state saved)."""
     import torch
 
@@ -288,12 +463,12 @@ def _eval_stage(run: _Run, models: list, fleet_epochs: int) -> dict | None:
     from .evaluate import log_likelihood_many
     from .experiments import eval_images
     from .fleet import StopFlag
+    from .seeding import stream_seed
 
     x_eval = eval_images(run.ds, run.n_eval, run.eval_seed)
-    eval_path = run.run_dir / "eval.pt"
-    key = {"eval_k": run.eval_k, "eval_n": run.n_eval, "eval_seed": run.eval_seed,
-           "batch_size": run.eval_batch_size, "fleet_epochs": fleet_epochs}
-    gens = [torch.Generator(device=run.device).manual_seed(run.eval_seed) for _ in models]
+    key = {**_done_key(run), "epochs": epochs, "models": len(models)}
+    noise_seed = stream_seed(run.eval_seed, "eval-noise")
+    gens = [torch.Generator(device=run.device).manual_seed(noise_seed) for _ in models]
     state: dict[str, Any] = {"key": key, "done": 0, "seconds": 0.0,
                              "ll": torch.full((len(models), run.n_eval), float("nan"),
                                               dtype=torch.float64)}
@@ -307,13 +482,13 @@ def _eval_stage(run: _Run, models: list, fleet_epochs: int) -> dict | None:
         else:
             run.log("the saved evaluation used other settings; evaluating anew")
     if state["done"] < run.n_eval:
-        run.log(f"evaluating L_{run.eval_k} on test images {state['done']}..{run.n_eval} "
-             f"({len(models)} models at once)")
-    last_block_s = 0.0
+        run.log(f"evaluating L_{run.eval_k} after {epochs} epoch(s) on test images "
+                f"{state['done']}..{run.n_eval} ({len(models)} models at once)")
+    last_block_s, blocks = 0.0, 0
     with StopFlag() as stop:
         while state["done"] < run.n_eval:
-            rem = run.seconds_left()
-            if stop.requested or (rem is not None and rem < 1.25 * last_block_s + 5):
+            rem = run.seconds_left()  # one block at least per call, as training does a step
+            if stop.requested or (blocks and rem is not None and rem < 1.25 * last_block_s + 5):
                 run.log(f"stopped the evaluation at {state['done']}/{run.n_eval} test images")
                 return None
             b0, b1 = state["done"], min(state["done"] + run.eval_block, run.n_eval)
@@ -326,93 +501,169 @@ def _eval_stage(run: _Run, models: list, fleet_epochs: int) -> dict | None:
             last_block_s = time.perf_counter() - t0
             state.update(done=b1, seconds=state["seconds"] + last_block_s,
                          rng=[g.get_state() for g in gens])
+            blocks += 1
             save_tensors(eval_path, state)
             if run.progress:
                 run.log(f"  L_{run.eval_k}: {b1}/{run.n_eval} test images ({last_block_s:.1f} s "
-                     "for this block)")
+                        "for this block)")
+    if not torch.isfinite(state["ll"]).all():
+        raise ValueError(f"a model scored after {epochs} epochs has a non-finite L_k (NaN or "
+                         f"inf weights?); delete {eval_path.parent} to train that stage again")
     return state
 
 
-def _result(run: _Run, fleet, cfgs: list, histories: list, evaluated: dict, t_start: float,
-            command: list[str] | None) -> dict[str, Any]:
-    """The table file: the protocol, one record per configuration (the one result schema,
-    :func:`iwae_tutorial.results.model_record`), wall times, trainer and provenance."""
-    import torch
+def _records(run: _Run, part: _Part, entry: dict, with_per_image: bool) -> list[dict]:
+    """The cells of ``part`` at one scored stage, in the one schema (trained members and
+    their aliases), in the paper's order."""
+    from dataclasses import replace
 
-    from .evaluate import ACTIVE_UNITS_THRESHOLD, paper_active_units
+    from .evaluate import ACTIVE_UNITS_THRESHOLD
     from .experiments import eval_subset_text
-    from .fast import STATE_DIR
-    from .fleet import FLEET_CHECKPOINT
-    from .provenance import provenance
-    from .results import evaluation_fields, model_record
+    from .results import model_record, pack_per_image
 
     ds = run.ds
-    t0 = time.perf_counter()
-    counted = [paper_active_units(m, ds.x_train, ds.binarize, run.eval_seed)
-               for m in fleet.models()]
-    t_au = time.perf_counter() - t0
-    n_au = counted[0][1]
-    train_s = float(sum(h["seconds"] for h in histories[0]))
-    shared_s = {"train": train_s, "eval_nll": float(evaluated["seconds"]),
-                "note": "the 12 configurations train and are evaluated together; these are "
-                        "the fleet's times, shared by all of them"}
+    epochs = entry["epochs"]
+    out = {}
+    cells = [(c, i, None) for i, c in enumerate(part.configs)]
+    cells += [(c, twin, part.configs[twin].name) for c, twin in part.aliases.values()]
+    for cfg, i, twin_name in cells:
+        ll = entry["ll"][i]
+        nll = -ll
+        n = int(nll.shape[0])
+        evaluation = {
+            "nll": float(nll.mean()), "nll_stderr": float(nll.std() / n ** 0.5),
+            "eval_k": run.eval_k, "eval_n": n, "eval_n_total": int(ds.x_test.shape[0]),
+            "eval_subset": eval_subset_text(ds, run.n_eval), "eval_seed": run.eval_seed,
+            "test_binarization": (f"one fixed Bernoulli draw (CPU generator seed "
+                                  f"{run.eval_seed})" if ds.binarize else "none"),
+            "active_units": entry["active_units"][i],
+            "active_units_total": int(sum(entry["active_units"][i])),
+            "active_units_variances": entry["active_units_variances"][i],
+            "active_units_n": entry["active_units_n"],
+            "active_units_threshold": ACTIVE_UNITS_THRESHOLD,
+        }
+        extra: dict[str, Any] = {"wall_time_s": entry["seconds"],
+                                 "run_dir": str(Path(entry["weights"]) / part.configs[i].name)}
+        if twin_name is not None:
+            extra["trained_as"] = twin_name
+            extra["note"] = ("at k = 1 the IWAE bound is the ELBO: this cell is the VAE k = 1 "
+                             "model, trained once")
+        if with_per_image:
+            extra["ll_per_image"] = pack_per_image(ll.tolist())
+        rec = model_record(asdict(replace(cfg, epochs=epochs)), run.dataset,
+                           entry["histories"][i][:epochs], evaluation, **extra)
+        out[rec["name"]] = rec
+    from .results import table1_order
+
+    return [out[name] for name in table1_order(list(out.values()))]
+
+
+def _result(run: _Run, parts: list[_Part], done: dict, t_start: float) -> dict[str, Any]:
+    """The table file: the protocol, the scored stages (each with its cells, per-image
+    log-likelihoods and provenance), the furthest stage of every cell as ``configurations``
+    (the one result schema, :func:`iwae_tutorial.results.model_record`), and provenance."""
+    import torch
+
+    from .schedule import burda_schedule, truncate_schedule
+
+    ds = run.ds
+    stages = []
+    for e in sorted({e for p in parts for e in p.ends}):
+        cells, seconds, provs = [], {}, {}
+        for part in parts:
+            entry = done.get(_stage_key(part, e))
+            if entry is None:
+                continue
+            cells += _records(run, part, entry, with_per_image=True)
+            seconds[part.name] = entry["seconds"]
+            provs[part.name] = entry["provenance"]
+        if cells:
+            lr = truncate_schedule(burda_schedule(), e)[-1].lr * lr_scale_for_batch(
+                run.batch_size)
+            stages.append({"epochs": e, "stage": _stage_index(e), "lr": lr,
+                           "configurations": cells, "wall_time_s": seconds,
+                           "provenance": provs})
+    furthest = {}
+    for part in parts:
+        scored = [e for e in part.ends if _stage_key(part, e) in done]
+        if scored:
+            for rec in _records(run, part, done[_stage_key(part, scored[-1])],
+                                with_per_image=False):
+                furthest[rec["name"]] = rec
+    from .results import table1_order
+
+    configurations = [furthest[n] for n in table1_order(list(furthest.values()))]
+    complete = all(_stage_key(p, e) in done for p in parts for e in p.ends)
+    schedule = truncate_schedule(burda_schedule(), run.budget.epochs)
+    train_s = {p.name: float(sum(done[_stage_key(p, e)]["seconds"]["train"]
+                                 for e in p.ends if _stage_key(p, e) in done)) for p in parts}
+    eval_s = {p.name: float(sum(done[_stage_key(p, e)]["seconds"]["eval_nll"]
+                                for e in p.ends if _stage_key(p, e) in done)) for p in parts}
     n_test_total = int(ds.x_test.shape[0])
-    configurations = [
-        model_record(asdict(c), run.dataset, histories[i],
-                     evaluation_fields(evaluated["ll"][i], k=run.eval_k, n_total=n_test_total,
-                                       seed=run.eval_seed, binarized=ds.binarize,
-                                       active_units=counted[i][0], active_units_n=n_au,
-                                       threshold=ACTIVE_UNITS_THRESHOLD,
-                                       subset=eval_subset_text(ds, run.n_eval)),
-                     wall_time_s=shared_s, run_dir=str(run.run_dir / "members" / c.name))
-        for i, c in enumerate(cfgs)]
-    schedule = cfgs[0].schedule()
-    assert schedule_epochs(schedule) == run.budget.epochs
-    first = configurations[0]
+    from .experiments import eval_subset_text
+
     return {
         "dataset": run.dataset,
         "budget": run.budget.name,
-        "status": "complete",
+        "status": "complete" if complete else "partial",
         "protocol": {
             "budget_definition": run.budget.description,
             "is_paper_protocol": run.is_paper_protocol,
             "n_train": run.n_train,
             "n_train_total": int(ds.x_train.shape[0]),
             "epochs": run.budget.epochs,
+            "epochs_by_layers": {p.name: p.epochs for p in parts},
+            "stage_ends": {p.name: p.ends for p in parts},
             "paper_epochs": PAPER_EPOCHS,
             "schedule": [asdict(s) for s in schedule],
-            "batch_size": cfgs[0].batch_size,
-            "lr_scale": cfgs[0].lr_scale,
+            "batch_size": run.batch_size,
+            "lr_scale": lr_scale_for_batch(run.batch_size),
             "trainer": run.trainer,
             "noise": ("each member's own torch.Generator, as train.fit (exact)"
                       if run.trainer == "exact" else
                       "counter-based, a hash of (seed, step) (iwae_tutorial.noise)"),
             "precision": "tf32 matmuls" if run.tf32 else "float32",
-            "name": protocol_tag(run.dataset, run.budget.name, run.batch_size, run.trainer,
-                                 run.tf32),
+            "name": run.tag,
             "optimizer": "Adam(betas=(0.9, 0.999), eps=1e-4)",
             "binarization": "dynamic (fresh Bernoulli draw per use)" if ds.binarize
                             else "none",
-            **{key: first[key] for key in ("eval_k", "eval_n", "eval_n_total", "eval_subset",
-                                           "eval_seed", "test_binarization")},
-            "active_units": {"n": n_au, "threshold": ACTIVE_UNITS_THRESHOLD,
-                             "data": f"the first {n_au} training images, binarized once "
+            "eval_k": run.eval_k, "eval_n": run.n_eval, "eval_n_total": n_test_total,
+            "eval_subset": eval_subset_text(ds, run.n_eval), "eval_seed": run.eval_seed,
+            "eval_noise": "torch.Generator seeded stream_seed(eval_seed, 'eval-noise') per "
+                          "model",
+            "test_binarization": (f"one fixed Bernoulli draw (CPU generator seed "
+                                  f"{run.eval_seed})" if ds.binarize else "none"),
+            "per_image": "ll_per_image: base64 of little-endian int32 millinats of each test "
+                         "image's L_k, in the order of eval_subset "
+                         "(iwae_tutorial.results.unpack_per_image)",
+            "k1_iwae": "trained once: at k = 1 the IWAE is the VAE (trained_as)",
+            "active_units": {"n": 500, "threshold": 0.01,
+                             "data": f"the first 500 training images, binarized once "
                                      f"(seed {run.eval_seed + 1}); layer 2 conditioned on one "
                                      "sample of layer 1"},
             "seed": run.seed,
         },
+        "stages": stages,
         "configurations": configurations,
-        "wall_time_s": {"train": train_s, "eval_nll": float(evaluated["seconds"]),
-                        "active_units": t_au, "this_invocation": time.perf_counter() - t_start},
+        "wall_time_s": {"train": train_s, "eval_nll": eval_s,
+                        "note": "per fleet (1L, 2L): the members of a fleet train and are "
+                                "evaluated together; summed over the scored stages",
+                        "this_invocation": time.perf_counter() - t_start},
         "trainer": {"module": "iwae_tutorial.fleet" if run.trainer == "exact"
-                    else "iwae_tutorial.fast", "gemm": fleet.gemm,
+                    else "iwae_tutorial.fast", "gemm": run.gemm,
                     "cuda_graph": run.device.type == "cuda",
-                    "torch_threads": torch.get_num_threads(),
-                    "checkpoint": str(run.run_dir / (FLEET_CHECKPOINT if run.trainer == "exact"
-                                                     else STATE_DIR))},
-        "provenance": provenance(command=command, device=run.device,
-                                 wall_seconds=time.perf_counter() - t_start),
+                    "torch_threads": torch.get_num_threads()},
+        "provenance": {**run.started, "date_utc": _now(),
+                       "wall_seconds": round(time.perf_counter() - t_start, 3)},
     }
+
+
+def _stage_index(epochs: int) -> int | None:
+    """0-based index of the paper's stage that ends after ``epochs`` epochs, else None."""
+    from .schedule import burda_schedule, stage_ends
+
+    ends = stage_ends(burda_schedule())
+    return ends.index(epochs) if epochs in ends else None
 
 
 def _print_table(result: dict) -> None:

@@ -19,7 +19,9 @@ from .objectives import objective_slug
 from .paper import ONE_LAYER, PAPER_EPOCHS, TABLE1_KS, TWO_LAYERS, paper_numbers
 
 __all__ = ["published_dir", "SCHEMA", "model_record", "evaluation_fields", "read_record",
-           "read_run_result", "load_result", "find_results", "table1_cells", "table1_markdown",
+           "read_run_result", "load_result", "find_results", "table1_cells", "table1_order",
+           "pack_per_image", "unpack_per_image",
+           "table1_markdown",
            "active_units_markdown", "provenance_markdown", "gap_summary", "batch_study_rows",
            "batch_study_markdown"]
 
@@ -191,6 +193,40 @@ def table1_cells(result: dict[str, Any]) -> dict[tuple[str, int, int], dict[str,
     """{(objective, stochastic layers, k): configuration entry} for the Table 1 cells."""
     return {(c["objective"], int(c["stochastic_layers"]), int(c["k"])): c
             for c in result["configurations"]}
+
+
+#: the per-image log-likelihoods of a stage are stored as little-endian int32 millinats
+PER_IMAGE_SCALE = 1000
+
+
+def pack_per_image(ll: Any) -> str:
+    """Per-image L_k values [n] (nats) -> base64 of little-endian int32 millinats (compact and
+    exact to 0.0005 nats; read back by :func:`unpack_per_image`)."""
+    import base64
+
+    import numpy as np
+
+    v = np.rint(np.asarray(ll, dtype=np.float64) * PER_IMAGE_SCALE)
+    if not np.all(np.isfinite(v)):
+        raise ValueError("per-image log-likelihoods must be finite to be stored")
+    return base64.b64encode(v.astype("<i4").tobytes()).decode("ascii")
+
+
+def unpack_per_image(text: str) -> Any:
+    """The inverse of :func:`pack_per_image`: [n] float64 numpy array of nats."""
+    import base64
+
+    import numpy as np
+
+    return np.frombuffer(base64.b64decode(text), dtype="<i4").astype(np.float64) / PER_IMAGE_SCALE
+
+
+def table1_order(records: list[dict[str, Any]]) -> list[str]:
+    """The names of ``records`` in the paper's order: layers, then VAE before IWAE, then k."""
+    def key(r: dict[str, Any]) -> tuple:
+        return (int(r["stochastic_layers"]), r["objective"] != "vae", r["objective"],
+                int(r["k"]), r["name"])
+    return [r["name"] for r in sorted(records, key=key)]
 
 
 def _fmt(v: float | None, nd: int = 2) -> str:

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["Stage", "burda_schedule", "truncate_schedule", "constant_schedule",
-           "resolve_schedule", "schedule_epochs", "lr_at", "PAPER_EPOCHS", "PAPER_BATCH",
+           "resolve_schedule", "schedule_epochs", "stage_ends", "lr_at", "PAPER_EPOCHS",
+           "PAPER_BATCH",
            "lr_scale_for_batch"]
 
 #: the paper's minibatch size
@@ -64,6 +65,16 @@ def resolve_schedule(schedule: Sequence[Stage] | None = None,
 def schedule_epochs(schedule: Sequence[Stage]) -> int:
     """Total number of epochs in a schedule."""
     return sum(st.epochs for st in schedule)
+
+
+def stage_ends(schedule: Sequence[Stage]) -> list[int]:
+    """The epoch counts at which the stages of ``schedule`` end: [1, 4, 13, 40, 121, 364,
+    1093, 3280] for the paper's; a truncated schedule ends with its last (partial) stage."""
+    ends, total = [], 0
+    for st in schedule:
+        total += st.epochs
+        ends.append(total)
+    return ends
 
 
 def lr_at(schedule: Sequence[Stage], epoch: int) -> float:

@@ -24,6 +24,7 @@ from .checkpoints import CheckpointError, RunDirLock, load_tensors, save_tensors
 from .models import IWAE
 from .objectives import get_objective
 from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
+from .seeding import stream_seed
 
 __all__ = [
     "make_generators", "make_optimizer", "fit", "TrainingDivergedError", "save_checkpoint",
@@ -36,12 +37,13 @@ LOG_NAME = "log.jsonl"
 
 
 def make_generators(seed: int, device: torch.device | str) -> dict[str, torch.Generator]:
-    """The three random streams of a run: ``order`` (CPU), ``binarize`` and ``noise`` (device)."""
+    """The three random streams of a run: ``order`` (CPU), ``binarize`` and ``noise`` (device),
+    each seeded by :func:`~iwae_tutorial.seeding.stream_seed` of (``seed``, its purpose)."""
     device = torch.device(device)
     return {
-        "order": torch.Generator().manual_seed(seed),
-        "binarize": torch.Generator(device=device).manual_seed(seed + 1),
-        "noise": torch.Generator(device=device).manual_seed(seed + 2),
+        "order": torch.Generator().manual_seed(stream_seed(seed, "order")),
+        "binarize": torch.Generator(device=device).manual_seed(stream_seed(seed, "binarize")),
+        "noise": torch.Generator(device=device).manual_seed(stream_seed(seed, "noise")),
     }
 
 
