@@ -1,5 +1,5 @@
-"""The chapters are stored without outputs, open on Colab, are all in the table of contents, and
-glue their numbers under keys named after their own chapter."""
+"""The chapters are stored without outputs, open on Colab, are all in the table of contents, show
+no raw ``{glue}`` roles (Colab cannot fill them in), and fold their hidden cells in Colab."""
 
 import json
 import re
@@ -58,50 +58,52 @@ def test_notebook_is_in_the_table_of_contents(path):
     assert f"notebooks/{path.stem}" in listed, f"{path.name} is missing from _toc.yml"
 
 
-GLUE_CALL = re.compile(r"""\bglue\(\s*(f?)(["'])(.*?)\2""")
-GLUE_REF = re.compile(r"\{glue(?::\w+)?\}`([^`:]+)")
+HIDDEN_TAGS = {"remove-cell", "remove-input", "hide-input", "hide-cell"}
 
 
-def glued_keys(nb: dict) -> list[re.Pattern]:
-    """The keys a chapter's code glues, as patterns (an f-string's fields match any text)."""
-    out = []
-    for cell in nb["cells"]:
-        if cell["cell_type"] != "code":
+def glue_roles(nb: dict) -> list[str]:
+    """The ``{glue...}`` roles in a notebook's Markdown: Colab, Jupyter and GitHub show them
+    raw, so a number in prose must be the Markdown output of a code cell instead."""
+    return [m for cell in nb["cells"] if cell["cell_type"] == "markdown"
+            for m in re.findall(r"\{glue[^}]*\}`[^`]*`", "".join(cell["source"]))]
+
+
+def unfolded_hidden_cells(nb: dict) -> list[int]:
+    """Indices of hidden cells (removed or folded on the site) that Colab would show open:
+    those that neither start with a ``# @title`` form line nor are one short line."""
+    bad = []
+    for i, cell in enumerate(nb["cells"]):
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        if cell["cell_type"] != "code" or not tags & HIDDEN_TAGS:
             continue
-        for f, _, key in GLUE_CALL.findall("".join(cell["source"])):
-            parts = re.split(r"\{[^{}]*\}", key) if f else [key]
-            out.append(re.compile(".+".join(re.escape(part) for part in parts)))
-    return out
+        lines = "".join(cell["source"]).strip().splitlines()
+        if not lines or not (lines[0].startswith("# @title") or len(lines) == 1):
+            bad.append(i)
+    return bad
 
 
-def referenced_keys(nb: dict) -> set[str]:
-    """The keys a chapter's text shows with ``{glue:text}`` (or ``{glue}``)."""
-    return {key for cell in nb["cells"] if cell["cell_type"] == "markdown"
-            for key in GLUE_REF.findall("".join(cell["source"]))}
-
-
-def test_the_glue_scan_reads_keys():
+def test_the_scans_find_roles_and_open_hidden_cells():
     nb = {"cells": [
-        {"cell_type": "code", "source": ['glue("ch1_a", 1)\n', 'glue(f"ch1_{n}_b", 2)']},
-        {"cell_type": "markdown", "source": ["{glue:text}`ch1_a:.2f` and {glue:text}`ch1_x_b`"]},
+        {"cell_type": "markdown", "source": ["Some {glue:text}`ch1_a:.2f` nats"]},
+        {"cell_type": "code", "metadata": {"tags": ["remove-cell"]}, "source": ["x = 1\n", "y"]},
+        {"cell_type": "code", "metadata": {"tags": ["remove-input"]},
+         "source": ["# @title The result\n", "prose('x')"]},
+        {"cell_type": "code", "metadata": {"tags": ["remove-cell"]}, "source": ["check()"]},
     ]}
-    assert [p.pattern for p in glued_keys(nb)] == ["ch1_a", "ch1_.+_b"]
-    assert referenced_keys(nb) == {"ch1_a", "ch1_x_b"}
+    assert glue_roles(nb) == ["{glue:text}`ch1_a:.2f`"]
+    assert unfolded_hidden_cells(nb) == [1]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_glue_keys_carry_the_chapter_number(path):
-    """``NN_name.ipynb`` glues ``chN_*`` keys only, and its text refers to no other key."""
-    nb = json.loads(path.read_text())
-    prefix = f"ch{int(path.name[:2])}_"
-    glued = glued_keys(nb)
-    bad = [p.pattern for p in glued if not p.pattern.startswith(re.escape(prefix))]
-    assert not bad, f"{path.name} glues keys without the prefix {prefix}: {bad}"
-    refs = referenced_keys(nb)
-    assert all(k.startswith(prefix) for k in refs), sorted(k for k in refs
-                                                           if not k.startswith(prefix))
-    missing = sorted(k for k in refs if not any(p.fullmatch(k) for p in glued))
-    assert not missing, f"{path.name} shows keys it never glues: {missing}"
+def test_no_glue_role_in_the_prose(path):
+    roles = glue_roles(json.loads(path.read_text()))
+    assert not roles, f"{path.name}: numbers in prose must come from a prose() cell: {roles[:3]}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_hidden_cells_are_folded_in_colab(path):
+    bad = unfolded_hidden_cells(json.loads(path.read_text()))
+    assert not bad, f"{path.name}: hidden cells {bad} must start with '# @title ...'"
 
 
 def test_every_chapter_starts_with_the_one_install_cell():

@@ -17,7 +17,8 @@ import torch
 
 from .profiles import current_profile, default_device
 
-__all__ = ["setup_notebook", "glue", "show_source", "live", "REPOSITORY", "install_cell"]
+__all__ = ["setup_notebook", "glue", "prose", "show_source", "live", "REPOSITORY",
+           "install_cell"]
 
 #: where the package is installed from on Colab (and the book's repository button)
 REPOSITORY = "https://github.com/iwae-tutorial/iwae-tutorial"
@@ -75,6 +76,21 @@ def glue(name: str, value: Any, display: bool = False) -> Any:
         return value
     _glue(name, value, display=display)
     return value
+
+
+def prose(text: str) -> Any:
+    """A paragraph whose numbers come from code, as the cell's Markdown output: the same text
+    on the built site (where the cell's input is removed, tag ``remove-input``), in Colab
+    (where a ``# @title`` first line folds the input) and in Jupyter. Write it as an f-string;
+    the indentation of a triple-quoted string is removed and single line breaks are kept
+    (Markdown joins them into one paragraph; a blank line starts the next).
+
+        # @title The result in words
+        prose(f"The IWAE scores {ll:.2f} nats, the VAE {ll_vae:.2f}.")
+    """
+    from IPython.display import Markdown
+
+    return Markdown(textwrap.dedent(text).strip("\n"))
 
 
 def show_source(*objs: Any) -> Any:
