@@ -113,6 +113,49 @@ if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
 """
 
 
+_PROSE_JS = """
+const main = document.querySelector('main') || document.body;
+const clone = main.cloneNode(true);
+clone.querySelectorAll('pre, code, mjx-container, script, style, .highlight').forEach(
+    e => e.remove());
+return clone.innerText;
+"""
+
+_OVERFLOW_JS = """
+const out = [];
+document.querySelectorAll('mjx-container[display="true"]').forEach(c => {
+    const m = c.querySelector('mjx-math') || c;
+    const w = m.getBoundingClientRect().width;
+    const box = (c.closest('.math-wrapper, .cell_output, section, article') || c.parentElement);
+    const avail = Math.min(box.getBoundingClientRect().width, c.getBoundingClientRect().width);
+    if (w > avail + 2) out.push([c.innerText.slice(0, 60), Math.round(w), Math.round(avail)]);
+});
+return out;
+"""
+
+_BARE_OUTPUTS_JS = """
+return Array.from(document.querySelectorAll('.cell_output .output pre, .cell_output pre')).map(
+    e => e.innerText.trim()).filter(t => /^[-+]?[0-9][0-9.,eE+-]*$/.test(t));
+"""
+
+
+def check_prose(page: str, browser) -> None:
+    """No raw TeX or ``{glue}`` role in the text (code excluded), no display equation wider
+    than its column at 1280 and 800 px, no output that is only a bare number."""
+    prose = browser.execute_script(_PROSE_JS)
+    assert "{glue" not in prose, f"{page}: a raw glue role in the text"
+    for raw in ("$$", "\\(", "\\mathbb", "\\mathcal", "\\frac"):
+        assert raw not in prose, f"{page}: raw TeX {raw!r} in the text"
+    bare = browser.execute_script(_BARE_OUTPUTS_JS)
+    assert not bare, f"{page}: outputs that are only a number: {bare[:5]}"
+    for width in (1280, 800):
+        browser.set_window_size(width, 1600)
+        browser.execute_script("return document.readyState")
+        wide = browser.execute_script(_OVERFLOW_JS)
+        assert not wide, f"{page}: display equations wider than the column at {width} px: {wide}"
+    browser.set_window_size(1280, 1600)
+
+
 def check_math(page: str, browser) -> None:
     """MathJax came from the book (not a CDN) and typeset every formula of the page."""
     browser.set_script_timeout(30)
@@ -149,6 +192,10 @@ def test_page_loads_shows_figures_and_no_errors(page, book_html, browser):
     text = browser.find_element("tag name", "body").text
     assert "Traceback (most recent call last)" not in text, f"{page}: a traceback is shown"
     check_math(page, browser)
+    check_prose(page, browser)
+    if page.startswith("notebooks/"):
+        wide = [(src, w) for src, _, w, _ in images if w > 1400]
+        assert not wide, f"{page}: figures wider than 1,400 px: {wide}"
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     height = browser.execute_script("return document.body.scrollHeight")
@@ -158,3 +205,13 @@ def test_page_loads_shows_figures_and_no_errors(page, book_html, browser):
     browser.set_window_size(1280, 1600)
     assert shot.stat().st_size > 10_000, f"{page}: the screenshot is suspiciously small"
 
+
+
+def test_the_sidebar_numbers_the_chapters(book_html, browser):
+    browser.get((book_html / "book" / "intro.html").as_uri())
+    links = browser.execute_script(
+        "return Array.from(document.querySelectorAll('nav.bd-links a, .bd-sidebar a'))"
+        ".map(a => a.innerText.trim());")
+    chapters = [t for t in links if t[:1].isdigit()]
+    assert len(chapters) >= 10, links
+    assert any(t.startswith("5.") and "Density" in t for t in chapters), chapters

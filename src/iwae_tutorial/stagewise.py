@@ -30,7 +30,7 @@ from .results import read_record, table1_markdown, unpack_per_image
 __all__ = ["Z95", "Cell", "load_stagewise", "find_stagewise", "stage_epochs", "stage_cells",
            "furthest_stage",
            "per_image_nll", "paired_gap", "claims", "verdict_markdown", "gaps_markdown",
-           "stage_table_markdown", "series", "gap_range", "convergence_markdown",
+           "stage_table_markdown", "series", "epochs_text", "gap_range", "convergence_markdown",
            "UNDECIDED", "undecided_units", "units_markdown", "seconds_per_epoch"]
 
 #: the normal quantile of a two-sided 95% interval
@@ -180,6 +180,11 @@ def _paper_diff(a: dict[str, Any], b: dict[str, Any]) -> float | None:
     return None if pa is None or pb is None else pa - pb
 
 
+def epochs_text(e: int) -> str:
+    """"1 epoch", "4 epochs"."""
+    return f"{e} epoch{'s' if e != 1 else ''}"
+
+
 def _layers_text(layers: int) -> str:
     return f"{layers} stochastic layer{'s' if layers > 1 else ''}"
 
@@ -206,11 +211,17 @@ def verdict_markdown(result: dict[str, Any]) -> str:
             parts.append(f"at k = {c['k']} {word} ({_pm(c['diff'], c['se'])} nats; the "
                          f"paper: {c['paper_diff']:+.2f})")
         n_more = sum(c["verdict"] == "holds" for c in more)
+        au = {o: cells[(o, layers, 50)]["active_units"] for o in ("vae", "iwae")}
+        pau = {o: cells[(o, layers, 50)]["paper"].get("active_units") for o in au}
+        units = (f"Active units at k = 50: IWAE {'+'.join(map(str, au['iwae']))}, VAE "
+                 f"{'+'.join(map(str, au['vae']))}" + (
+                     f" (the paper: {'+'.join(map(str, pau['iwae']))} and "
+                     f"{'+'.join(map(str, pau['vae']))})." if all(pau.values()) else "."))
         lines.append(
             f"- **{_layers_text(layers)}, after {e} of {result['protocol']['paper_epochs']:,} "
             f"epochs**: {'; '.join(parts)}. More samples lower the test NLL in {n_more} of "
             f"{len(more)} paired comparisons (k = 1 to 5 and 5 to 50, both models). The cells "
-            f"are {min(gaps):.2f} to {max(gaps):.2f} nats above the paper's numbers.")
+            f"are {min(gaps):.2f} to {max(gaps):.2f} nats above the paper's numbers. {units}")
     head = ("**Where the reproduction stands.** Each difference is IWAE minus VAE test NLL, "
             "paired over the same test images, with its 95% interval; negative means the "
             "IWAE is better.")
@@ -265,9 +276,14 @@ def convergence_markdown(result: dict[str, Any]) -> str:
                     if any(key[1] == layers for key in stage_cells(result, x)))
         lo0, hi0 = gap_range(result, layers, first)
         lo, hi = gap_range(result, layers, e)
-        out.append(f"With {_layers_text(layers)} the cells were {lo0:.1f} to {hi0:.1f} nats "
-                   f"above the paper's numbers after {first} epoch{'s' if first > 1 else ''}, "
-                   f"and {lo:.1f} to {hi:.1f} after {e}.")
+        if e == first:
+            out.append(f"With {_layers_text(layers)} the cells are {lo:.1f} to {hi:.1f} nats "
+                       f"above the paper's numbers after {epochs_text(e)}, the only stage "
+                       "scored so far.")
+        else:
+            out.append(f"With {_layers_text(layers)} the cells were {lo0:.1f} to {hi0:.1f} "
+                       f"nats above the paper's numbers after {epochs_text(first)}, and "
+                       f"{lo:.1f} to {hi:.1f} after {e}.")
     return " ".join(out)
 
 
@@ -297,8 +313,8 @@ def units_markdown(result: dict[str, Any], k: int = 50) -> str:
                 (obj, layers, k)]
             paper = c["paper"].get("active_units")
             parts.append(f"the {obj.upper()} {'+'.join(map(str, c['active_units']))} active "
-                         f"units after {e} epochs ({'+'.join(map(str, c0['active_units']))} "
-                         f"after {first}; the paper: "
+                         f"units after {epochs_text(e)} "
+                         f"({'+'.join(map(str, c0['active_units']))} after {first}; the paper: "
                          f"{'+'.join(map(str, paper)) if paper else 'no count'}), "
                          f"{undecided_units(c)} undecided (after {first}: "
                          f"{undecided_units(c0)})")

@@ -11,6 +11,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullFormatter
 
 from ..paper import PAPER_EPOCHS, TABLE1_KS
 from ..stagewise import Z95, claims, paired_gap, series, stage_cells, stage_epochs
@@ -75,7 +76,13 @@ def plot_convergence(result: dict[str, Any]) -> Figure:
         ax.set_xlim(0.8, PAPER_EPOCHS * 1.8)
         gx.set_xlim(0.8, PAPER_EPOCHS * 1.8)
         ax.set_title(f"{layers} stochastic layer{'s' if layers > 1 else ''}", fontsize=10)
+        if not any(key[1] == layers for key in ser):
+            ax.text(0.5, 0.5, "no stage scored yet", transform=ax.transAxes, ha="center")
         gx.set_yscale("log")
+        gx.set_ylim(0.2, 60)
+        gx.yaxis.set_major_locator(FixedLocator([0.5, 1, 2, 5, 10, 20, 50]))
+        gx.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        gx.yaxis.set_minor_formatter(NullFormatter())
         for a_ in (ax, gx):
             a_.set_xscale("log")
             a_.grid(alpha=0.3)
