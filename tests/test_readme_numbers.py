@@ -53,3 +53,15 @@ def test_readme_timings_match_their_file():
     two = sorted(round(e["eval_nll_seconds"]) for e in timings["l5000_10000_test_images"]
                  if e["threads"] == 2 and e["eval_n"] == 10_000)
     assert f"{two[0]} to {two[-1]} s" in text
+
+
+def test_the_stage_table_is_the_result_files():
+    """README's stage-wise table is what scripts/update_readme_table.py writes from the
+    committed result file (rerun it when a stage lands)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("urt", ROOT / "scripts" /
+                                                  "update_readme_table.py")
+    urt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(urt)
+    assert urt.table_block() in (ROOT / "README.md").read_text()

@@ -31,7 +31,8 @@ __all__ = ["Z95", "Cell", "load_stagewise", "find_stagewise", "stage_epochs", "s
            "furthest_stage",
            "per_image_nll", "paired_gap", "claims", "verdict_markdown", "gaps_markdown",
            "stage_table_markdown", "series", "epochs_text", "gap_range", "convergence_markdown",
-           "UNDECIDED", "undecided_units", "units_markdown", "seconds_per_epoch"]
+           "UNDECIDED", "undecided_units", "units_markdown", "seconds_per_epoch",
+           "stages_markdown"]
 
 #: the normal quantile of a two-sided 95% interval
 Z95 = 1.959964
@@ -337,3 +338,24 @@ def seconds_per_epoch(result: dict[str, Any]) -> dict[str, float]:
         if epochs:
             out[part] = secs / epochs
     return out
+
+
+def stages_markdown(result: dict[str, Any]) -> str:
+    """Every cell's test NLL after every scored stage (columns: epochs), the paper's number in
+    the last column: the numbers of the convergence figure as a Markdown table."""
+    epochs = stage_epochs(result)
+    rows = ["| cell | " + " | ".join(f"{e} ep." for e in epochs) + " | paper (3,280) |",
+            "|---|" + "---|" * (len(epochs) + 1)]
+    ser = series(result)
+    for layers in (1, 2):
+        for obj in ("vae", "iwae"):
+            for k in TABLE1_KS:
+                recs = {r["epochs"]: r for r in ser.get((obj, layers, k), [])}
+                if not recs or (obj == "iwae" and k == 1):
+                    continue
+                name = f"{'VAE = IWAE' if k == 1 else obj.upper()} {layers}L k = {k}"
+                paper = next(iter(recs.values()))["paper"]["nll"]
+                rows.append(f"| {name} | " + " | ".join(
+                    f"{recs[e]['nll']:.2f}" if e in recs else "–" for e in epochs)
+                    + f" | {paper:.2f} |")
+    return "\n".join(rows)
