@@ -16,12 +16,12 @@
 # (PYTHONPATH). Data: IWAE_DATA_DIR (default .device/data, a git-ignored folder; fill it with
 # `bash scripts/gpu_job.sh --prepare`, which copies $IWAE_DATA_DIR/mnist there, and carry
 # ".device" with the command). State: .device/runs (carry it too). When the table did not
-# finish, $OUT/state/ holds its state; copy those files back into
-# .device/runs/<protocol>/fast-state/ (eval.pt into .device/runs/<protocol>/) and run the job
-# again to continue. What comes back:
-#   $OUT/job.tar.gz       job.log, checks.json, benchmark-train.json, results/*.json
-#   $OUT/state/*.pt       the run's state (only while the table is not finished)
-#   $OUT/models/*.pt      the 12 trained models, float16, sharded (when it is finished)
+# finish, $OUT/state.tar holds its state; unpack it into .device/runs/ and run the job again to
+# continue. What comes back:
+#   $OUT/job.tar.gz       job.log, checks.json, benchmark-train.json, results/*.json (the
+#                         stage-wise table: every stage scored so far)
+#   $OUT/state.tar        the run's state (only while the table is not finished)
+#   $OUT/models/*.pt      the models of the furthest scored stage, float16, sharded
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -114,29 +114,37 @@ if [ "$STATUS" = 0 ]; then
   esac
 fi
 
-# pack what comes back: at most 8 files of at most 16 MiB
+# pack what comes back: at most 8 files of at most 16 MiB. The models of the furthest scored
+# stage of each fleet (1L, 2L) as float16 shards; while the table is not complete, the run's
+# state (fleet checkpoints, fast-trainer state, stage results) as one tar file.
 RUN="$RUN_ROOT/$PROTO"
 if [ -f "$WORK/results/$PROTO.json" ]; then
   "$PY" - "$RUN" "$OUT/models" <<'PY' >> "$LOG" 2>&1
-import sys, torch
+import sys
 from pathlib import Path
 from iwae_tutorial.checkpoints import save_sharded
 from iwae_tutorial.runs import load_run
 run, out = Path(sys.argv[1]), Path(sys.argv[2])
 models = {}
-for d in sorted(p for p in (run / "members").iterdir() if p.is_dir()):
-    model, cfg, history = load_run(d)
-    models[d.name] = {"model": {k: v.half() for k, v in model.state_dict().items()},
-                      "model_config": model.config, "epochs": len(history)}
+for part in ("1L", "2L"):
+    stages = sorted(d for d in (run / part / "stages").glob("epoch-*") if (d / "fleet.json").exists())
+    if not stages:
+        continue
+    for d in sorted(p for p in stages[-1].iterdir() if p.is_dir()):
+        model, cfg, history = load_run(d)
+        models[d.name] = {"model": {k: v.half() for k, v in model.state_dict().items()},
+                          "model_config": model.config, "epochs": len(history)}
 files = save_sharded(out, {"members": models, "dtype": "float16"})
 print("models:", [f.name for f in files])
 PY
-else
-  mkdir -p "$OUT/state"
-  cp "$RUN"/fast-state/*.pt "$RUN"/fleet.pt "$RUN"/eval.pt "$OUT/state/" 2>/dev/null || true
-  cp "$RUN"/fast-state/about.json "$WORK/" 2>/dev/null || true
 fi
-cp "$RUN"/log.jsonl "$WORK/train-log.jsonl" 2>/dev/null || true
+if ! grep -q '"status": "complete"' "$WORK/results/$PROTO.json" 2>/dev/null && [ -d "$RUN" ]; then
+  tar -cf "$OUT/state.tar" -C "$RUN_ROOT" --exclude='stages/*/*/checkpoint.pt' "$PROTO" \
+    2>>"$LOG" || true
+fi
+for part in 1L 2L; do
+  cp "$RUN/$part/log.jsonl" "$WORK/train-log-$part.jsonl" 2>/dev/null || true
+done
 log "packing $OUT/job.tar.gz"
 tar -czf "$OUT/job.tar.gz" -C "$WORK" . 2>>"$LOG"
 find "$OUT" -type f -printf '%P %s\n' | tee -a "$LOG"
