@@ -119,3 +119,35 @@ def test_every_chapter_starts_with_the_one_install_cell():
         assert "".join(first["source"]) == install_cell(), (
             f"{path.name}: run python scripts/sync_install_cell.py")
     assert f"url: {REPOSITORY}" in (ROOT / "_config.yml").read_text()
+
+
+FILE_REF = re.compile(r"`([\w./<>*{}-]+\.(?:json|py|ipynb|md|sh|yml))`")
+
+
+def mentioned_files(text: str) -> list[str]:
+    """File names a text mentions in backticks (placeholders such as ``<budget>`` skipped)."""
+    return [f for f in FILE_REF.findall(text) if not any(c in f for c in "<>*{}")]
+
+
+def test_the_file_scan_reads_names():
+    assert mentioned_files("see `results/x.json`, `scripts/a.py` and `mnist-<b>.json`") == [
+        "results/x.json", "scripts/a.py"]
+
+
+@pytest.mark.parametrize("path", [*NOTEBOOKS, ROOT / "book" / "intro.md",
+                                  ROOT / "book" / "instructors.md"], ids=lambda p: p.name)
+def test_every_file_a_page_mentions_exists(path):
+    """A chapter never points the reader to a file that is not there: a path is resolved from
+    the repository's root, a bare result-file name in ``results/``, a bare script name in
+    ``scripts/``."""
+    text = path.read_text()
+    if path.suffix == ".ipynb":
+        text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"])
+    missing = []
+    for name in mentioned_files(text):
+        here = [ROOT / name] if "/" in name else [
+            ROOT / "results" / name, ROOT / "scripts" / name, ROOT / "notebooks" / name,
+            ROOT / "book" / name, ROOT / "src" / "iwae_tutorial" / "trained" / name, ROOT / name]
+        if not any(p.exists() for p in here):
+            missing.append(name)
+    assert not missing, f"{path.name} mentions files that do not exist: {missing}"
