@@ -82,6 +82,14 @@ def unfolded_hidden_cells(nb: dict) -> list[int]:
     return bad
 
 
+def unfolded_title_cells(nb: dict) -> list[int]:
+    """Indices of ``# @title`` cells without Colab's ``cellView: form`` (which folds the code
+    under its title when the notebook opens)."""
+    return [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+            and "".join(c["source"]).lstrip().startswith("# @title")
+            and c.get("metadata", {}).get("cellView") != "form"]
+
+
 def test_the_scans_find_roles_and_open_hidden_cells():
     nb = {"cells": [
         {"cell_type": "markdown", "source": ["Some {glue:text}`ch1_a:.2f` nats"]},
@@ -102,8 +110,11 @@ def test_no_glue_role_in_the_prose(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_hidden_cells_are_folded_in_colab(path):
-    bad = unfolded_hidden_cells(json.loads(path.read_text()))
+    nb = json.loads(path.read_text())
+    bad = unfolded_hidden_cells(nb)
     assert not bad, f"{path.name}: hidden cells {bad} must start with '# @title ...'"
+    open_forms = unfolded_title_cells(nb)
+    assert not open_forms, f"{path.name}: '# @title' cells {open_forms} need cellView: form"
 
 
 def test_every_chapter_starts_with_the_one_install_cell():

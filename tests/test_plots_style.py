@@ -136,10 +136,11 @@ def test_one_colour_per_model_kind():
     assert style.MODEL_COLORS == {"VAE": style.VAE, "IWAE": style.IWAE, "STL": style.STL,
                                   "DREG": style.DREG, "MIWAE": style.MIWAE,
                                   "CIWAE": style.CIWAE, "PIWAE": style.PIWAE,
-                                  "IWAER": style.IWAER, "IWAERREC": style.IWAER_REC}
+                                  "IWAER": style.IWAER, "IWAERREC": style.IWAER_REC,
+                                  "RWS": style.RWS}
     kinds = [style.VAE, style.IWAE, style.TRUTH, style.TRUTH_FILL, style.POOR_Q, style.GOOD_Q,
              style.OTHER, style.CHECK, style.STL, style.DREG, style.MIWAE, style.CIWAE,
-             style.PIWAE, style.IWAER, style.IWAER_REC]
+             style.PIWAE, style.IWAER, style.IWAER_REC, style.RWS]
     assert all(is_color_like(c) for c in kinds)
     assert len(set(kinds)) == len(kinds), "two kinds of curve share a colour"
     assert style.model_color("IWAE k=50") == style.model_color("iwae") == style.IWAE

@@ -117,7 +117,7 @@ def test_stages_resumed_across_boundaries_equal_an_uninterrupted_run(tmp_path):
             assert a["ll_per_image"] == b["ll_per_image"]
             assert a["active_units"] == b["active_units"]
             ll = unpack_per_image(a["ll_per_image"])
-            assert ll.shape == (6,) and abs(-ll.mean() - a["nll"]) < 1e-3
+            assert ll.shape == (6,) and abs(-ll.mean() - a["nll"]) < 5e-3
     # the IWAE with k = 1 is the VAE with k = 1, trained once
     cells = {c["name"]: c for c in ref["configurations"]}
     assert cells["mnist-iwae-k1-1L-s0"]["trained_as"] == "mnist-vae-k1-1L-s0"
@@ -129,8 +129,12 @@ def test_stages_resumed_across_boundaries_equal_an_uninterrupted_run(tmp_path):
 def test_per_image_values_round_trip():
     import numpy as np
 
-    ll = np.array([-87.12345, -120.5, -0.0004])
-    assert np.allclose(unpack_per_image(pack_per_image(ll)), ll, atol=5e-4)
+    ll = np.array([-87.12345, -120.5, -0.0004, -655.35])
+    text = pack_per_image(ll)
+    assert text.startswith("u16c:") and len(text) < 5 + 4 * 2 * 4 / 3 + 4  # 2 bytes an image
+    assert np.allclose(unpack_per_image(text), ll, atol=5e-3)
+    odd = np.array([-700.25, 3.5])  # an NLL over 655.35 or below 0: 4 bytes, 0.0005 nats
+    assert np.allclose(unpack_per_image(pack_per_image(odd)), odd, atol=5e-4)
     with pytest.raises(ValueError):
         pack_per_image([float("nan")])
 

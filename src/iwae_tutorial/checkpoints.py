@@ -17,10 +17,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
+import shutil
+import stat
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -31,6 +36,7 @@ __all__ = [
     "CheckpointError", "RunDirLockedError", "write_atomic", "write_json_atomic",
     "write_text_atomic", "save_tensors", "load_tensors", "RunDirLock", "sync_log",
     "check_writable", "json_text", "save_sharded", "load_sharded", "SHARD_BYTES",
+    "UnsafeLockError", "WRITE_FIX",
 ]
 
 #: the largest file :func:`save_sharded` writes (what comes back from a device command)
@@ -43,6 +49,16 @@ class CheckpointError(RuntimeError):
 
 class RunDirLockedError(RuntimeError):
     """Another process is using the run directory."""
+
+
+class UnsafeLockError(RunDirLockedError):
+    """The run directory's lock file is a symbolic link or not a plain file: refused, and
+    its target is left untouched."""
+
+
+#: what to do when a file cannot be written (a full disk, a quota, a file-size limit)
+WRITE_FIX = ("check that the disk has free space (and no quota or file-size limit is "
+             "reached), or write elsewhere")
 
 
 # ------------------------------------------------------------------------------ writing
@@ -59,19 +75,100 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+_writing: set[str] = set()  # temporary files this process is writing now
+
+
+def _with_name(e: OSError, path: Path) -> OSError:
+    """``e`` with ``path`` as its file name when it names none (``os.fsync`` and
+    ``file.write`` errors do not), so the one-line message says which file."""
+    if e.filename:
+        return e
+    return OSError(e.errno, e.strerror or str(e), str(path))
+
+
+def _write_failed(e: BaseException, path: Path) -> OSError:
+    """A ``RuntimeError`` of ``torch.save`` (a full disk reads "unexpected pos ...", "file
+    write failed") as an ``OSError`` naming ``path``: ENOSPC when the message or the disk
+    says it is full, else EIO with the message's first line."""
+    text = str(e).strip()
+    first = text.splitlines()[0][:160] if text else type(e).__name__
+    low = text.lower()
+    code = errno.EIO
+    if "no space left" in low:
+        code = errno.ENOSPC
+    elif "quota" in low:
+        code = errno.EDQUOT
+    elif "file too large" in low:
+        code = errno.EFBIG
+    else:
+        try:
+            if shutil.disk_usage(path.parent).free < (16 << 20):
+                code = errno.ENOSPC
+        except OSError:
+            pass
+    reason = os.strerror(code) if code != errno.EIO else f"the write failed ({first})"
+    return OSError(code, reason, str(path))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists
+        return True
+    return True
+
+
+def _remove_stale(path: Path, suffix: str) -> None:
+    """Remove the temporary files of earlier writes of ``path`` that can no longer finish (a
+    write killed half way): those of a process that is gone (the writer's PID is in the
+    name), or of this process but not being written now; a name without a PID (an older
+    version's) only when it is over an hour old."""
+    prefix = f".{path.name}."
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        n = p.name
+        if (not n.startswith(prefix) or not n.endswith(suffix) or str(p) in _writing
+                or len(n) <= len(prefix) + len(suffix)):
+            continue
+        rest = n[len(prefix):len(n) - len(suffix)]
+        head, dot, _ = rest.partition(".")
+        try:
+            if dot and head.isdigit():  # .NAME.PID.XXXX.tmp
+                if int(head) != os.getpid() and _pid_alive(int(head)):
+                    continue
+            elif "." in rest or time.time() - p.lstat().st_mtime < 3600:
+                continue  # another file's temporary, or maybe a live writer's
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+        except OSError:
+            pass
+
+
 def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None],
                  mode: int = 0o644, suffix: str = ".tmp") -> Path:
     """Write ``path`` atomically: ``write(f)`` into a uniquely named temporary file in the same
-    folder (``.NAME.XXXX.tmp``, or ``suffix``), flush, fsync, :func:`os.replace`, fsync the
-    folder.
+    folder (``.NAME.PID.XXXX.tmp``, or ``suffix``), flush, fsync, :func:`os.replace`, fsync
+    the folder.
 
     On any error (a full disk, a kill, an exception in ``write``) the temporary file is
-    removed (except after ``kill -9``: a later writer never reuses its name) and ``path`` is
-    unchanged. Returns ``path``.
+    removed and ``path`` is unchanged; the temporary files a ``kill -9`` left behind are
+    removed by the next successful write of ``path``. Write errors are an ``OSError``
+    naming ``path`` (a ``RuntimeError`` of ``torch.save`` on a full disk included), so the
+    command line reports them as one line with the fix. Returns ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                                   suffix=suffix)
+    except OSError as e:
+        raise _with_name(e, path) from e
+    _writing.add(tmp)
     try:
         os.chmod(tmp, mode)  # mkstemp creates 0600
         with os.fdopen(fd, "wb") as f:
@@ -79,13 +176,21 @@ def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise _with_name(e, path) from e
+        if isinstance(e, RuntimeError) and not isinstance(e, (CheckpointError,
+                                                              RunDirLockedError)):
+            raise _write_failed(e, path) from e
         raise
+    finally:
+        _writing.discard(tmp)
     _fsync_dir(path.parent)
+    _remove_stale(path, suffix)
     return path
 
 
@@ -111,9 +216,21 @@ def _finite_or_none(obj: Any) -> Any:
 
 
 def json_text(obj: Any) -> str:
-    """``obj`` as indented JSON: non-finite floats as ``null``, tensors and arrays as lists."""
+    """``obj`` as indented JSON: non-finite floats as ``null``, tensors and arrays as lists; a
+    list of plain values (numbers, strings) on one line, so that result files with per-image
+    or per-unit values stay small and readable."""
     plain = json.loads(json.dumps(obj, default=_json_default))
-    return json.dumps(_finite_or_none(plain), indent=2, allow_nan=False) + "\n"
+    return _indented(_finite_or_none(plain), 0) + "\n"
+
+
+def _indented(obj: Any, level: int) -> str:
+    pad, inner = "  " * level, "  " * (level + 1)
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(k)}: {_indented(v, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, list) and obj and any(isinstance(v, (dict, list)) for v in obj):
+        return "[\n" + ",\n".join(inner + _indented(v, level + 1) for v in obj) + "\n" + pad + "]"
+    return json.dumps(obj, allow_nan=False)
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
@@ -204,27 +321,78 @@ def save_sharded(directory: str | os.PathLike[str], state: dict,
     return written
 
 
+_SHARD_NAME = re.compile(r"shard-[0-9]+-[0-9]+\.pt")
+_SHARD_FIX = "restore the folder as it was written, or delete it to start afresh"
+
+
 def _read_index(directory: Path) -> dict | None:
-    if not (directory / "index.pt").exists():
+    """The state index of ``directory``, checked: a generation number, plain shard file
+    names inside the folder, a positive part count per tensor; None when there is none."""
+    path = directory / "index.pt"
+    if not path.exists():
         return None
-    return load_tensors(directory / "index.pt", what="state index")
+    index = load_tensors(path, what="state index", fix=_SHARD_FIX)
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"the state index {path} is damaged or was not written by "
+                               f"this package ({what}); {_SHARD_FIX}")
+
+    missing = [k for k in ("generation", "shards", "skeleton", "parts") if k not in index]
+    if missing:
+        raise bad(f"it lacks {', '.join(missing)}")
+    gen, shards, parts = index["generation"], index["shards"], index["parts"]
+    if not isinstance(gen, int) or isinstance(gen, bool) or gen < 0:
+        raise bad(f"generation {gen!r}")
+    if not isinstance(shards, list) or not all(
+            isinstance(n, str) and _SHARD_NAME.fullmatch(n) for n in shards):
+        raise bad(f"shard names {shards!r}: each must be a file name shard-G-I.pt inside "
+                  "the folder")
+    if not isinstance(parts, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            for k, v in parts.items()):
+        raise bad("the part counts are not positive integers")
+    return index
 
 
 def load_sharded(directory: str | os.PathLike[str], map_location: Any = "cpu") -> dict:
-    """Read a state written by :func:`save_sharded` (safely: ``weights_only=True``)."""
+    """Read a state written by :func:`save_sharded` (safely: ``weights_only=True``), checked
+    against its index: every shard it names exists, every tensor has its parts, and the
+    skeleton names only tensors there are; else a CheckpointError naming the file."""
     directory = Path(directory)
     index = _read_index(directory)
     if index is None:
-        raise FileNotFoundError(f"no saved state (index.pt) in {directory}")
+        raise FileNotFoundError(f"no saved state (index.pt) in {directory}; restore it, or "
+                                "delete the folder to start afresh")
+    where = directory / "index.pt"
     flat: dict[str, torch.Tensor] = {}
     for name in index["shards"]:
-        flat.update(load_tensors(directory / name, map_location=map_location,
-                                 what="state shard", fix="delete the folder to start afresh"))
+        shard = directory / name
+        if not shard.is_file():
+            raise CheckpointError(f"the state index {where} names the shard {shard}, which "
+                                  f"is missing; {_SHARD_FIX}")
+        part = load_tensors(shard, map_location=map_location, what="state shard",
+                            fix=_SHARD_FIX)
+        if not all(isinstance(t, torch.Tensor) for t in part.values()):
+            raise CheckpointError(f"the state shard {shard} holds something other than "
+                                  f"tensors; {_SHARD_FIX}")
+        flat.update(part)
     tensors = {}
     for key, n_parts in index["parts"].items():
+        absent = [f"{key}#{i}" for i in range(n_parts) if f"{key}#{i}" not in flat]
+        if absent:
+            raise CheckpointError(f"the state in {directory} lacks {absent[0]} (its index "
+                                  f"{where} names {n_parts} part(s) of {key!r}); {_SHARD_FIX}")
         chunks = [flat[f"{key}#{i}"] for i in range(n_parts)]
-        tensors[key] = chunks[0] if n_parts == 1 else torch.cat(chunks)
-    return _unflatten(index["skeleton"], tensors)
+        try:
+            tensors[key] = chunks[0] if n_parts == 1 else torch.cat(chunks)
+        except RuntimeError:
+            raise CheckpointError(f"the parts of {key!r} in {directory} do not fit together; "
+                                  f"{_SHARD_FIX}") from None
+    try:
+        return _unflatten(index["skeleton"], tensors)
+    except (KeyError, TypeError):
+        raise CheckpointError(f"the state index {where} has a skeleton naming tensors the "
+                              f"shards do not hold; {_SHARD_FIX}") from None
 
 
 # ------------------------------------------------------------------------------ reading
@@ -243,12 +411,16 @@ def load_tensors(path: str | os.PathLike[str], map_location: Any = "cpu",
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise FileNotFoundError(f"no {what} at {path}") from None
+        raise FileNotFoundError(f"no {what} at {path}; check the path, or restore the file "
+                                "from where it was written") from None
     except PermissionError:
         raise CheckpointError(f"cannot read the {what} {path}: permission denied; make it "
                               "readable") from None
     except Exception as e:  # noqa: BLE001 - truncated, corrupt, foreign, or unsafe pickle
-        refused = "weights only load failed" in str(e).lower()
+        low = str(e).lower()
+        refused = "weights only load failed" in low and ("unsupported global" in low or
+                                                        "unsupported class" in low or
+                                                        "allowed global" in low)
         why = ("it holds Python objects other than tensors and plain data, which are refused "
                "(loading them could run code)" if refused
                else f"it is truncated, corrupt or not a checkpoint ({type(e).__name__})")
@@ -300,7 +472,8 @@ class RunDirLock:
     def __init__(self, directory: str | os.PathLike[str], option: str = "the run directory"):
         self.directory = Path(directory)
         self.option = option
-        self.path = (self.directory / self.NAME).resolve()
+        # the folder resolved, not the lock file: a link named .lock is never followed
+        self.path = self.directory.resolve() / self.NAME
 
     def __enter__(self) -> RunDirLock:
         entry = _held.get(self.path)
@@ -313,7 +486,7 @@ class RunDirLock:
             _held[self.path] = [None, 1]
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+")
+        f = self._open()
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -329,6 +502,35 @@ class RunDirLock:
         f.flush()
         _held[self.path] = [f, 1]
         return self
+
+    def _open(self) -> IO[str]:
+        """Open (or create) the lock file without following a symbolic link, and only if it
+        is a plain file: a link or another kind of file is refused, its target untouched."""
+        fix = f"remove {self.path} (the lock must be a plain file), or use another {self.option}"
+        flags = (os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0))
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and stat.S_ISLNK(mode):
+            raise UnsafeLockError(f"the lock file {self.path} is a symbolic link; {fix}")
+        if mode is not None and not stat.S_ISREG(mode):
+            raise UnsafeLockError(f"the lock file {self.path} is not a plain file; {fix}")
+        try:
+            fd = os.open(self.path, flags | getattr(os, "O_NONBLOCK", 0), 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # O_NOFOLLOW: it became a link since the check
+                raise UnsafeLockError(f"the lock file {self.path} is a symbolic link; "
+                                      f"{fix}") from None
+            raise _with_name(e, self.path) from e
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            os.close(fd)
+            what = "not a plain file" if not stat.S_ISREG(st.st_mode) else (
+                "a hard link to another file (it would be overwritten)")
+            raise UnsafeLockError(f"the lock file {self.path} is {what}; {fix}")
+        return os.fdopen(fd, "r+")
 
     def __exit__(self, *exc: object) -> None:
         entry = _held[self.path]

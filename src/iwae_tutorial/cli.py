@@ -18,11 +18,12 @@ tracebacks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,6 +236,9 @@ def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
                    help="where the result JSON goes (default results)")
     p.add_argument("--restart", action="store_true",
                    help="discard the saved state of this dataset and budget and start anew")
+    p.add_argument("--force", action="store_true",
+                   help="replace a result file of the same name written with other settings "
+                        "(--seed, --eval-k, --eval-n, --eval-seed); without it that is refused")
     p.add_argument("--batch-size", type=_positive_int, default=20, metavar="B",
                    help="minibatch of every configuration (default 20, the paper's); a larger "
                         "one scales the paper's learning rates by sqrt(B / 20) and is named in "
@@ -298,6 +302,32 @@ def _load_dataset(name: str, args: argparse.Namespace, seed: int):
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _not_empty(*options: tuple[str, str | None, str]) -> None:
+    """A CLIError for a path option (flag, value, an example) given as "" (it would mean the
+    working directory)."""
+    for flag, value, example in options:
+        if value is not None and not str(value).strip():
+            raise CLIError(f"{flag} is empty; name a path, e.g. {flag} {example}")
+
+
+def _finite_score(ev: dict[str, Any], what: Path) -> None:
+    """A CLIError (nothing written) when the test NLL is NaN or infinite."""
+    import math
+
+    if ev.get("nll") is None or not math.isfinite(ev["nll"]):
+        raise CLIError(f"the model in {what} scores a non-finite test log-likelihood (NLL "
+                       f"{ev.get('nll')}): its weights are unusable; nothing was written. "
+                       "Train it again (train --restart)")
+
+
+def _check_gemm_env() -> None:
+    """$IWAE_FLEET_GEMM, when set, must name a kernel: checked before any computing."""
+    value = os.environ.get("IWAE_FLEET_GEMM")
+    if value is not None and value not in ("auto", "onednn", "bmm"):
+        raise CLIError(f"IWAE_FLEET_GEMM={value!r} is not a matrix-product kernel; set it to "
+                       "auto, onednn or bmm, or unset it")
 
 
 def _evaluate(model, ds, *, k: int, n: int | None, seed: int, batch_size: int,
@@ -384,8 +414,9 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     from .checkpoints import check_writable
     from .experiments import RunConfig
+    from .integrity import claim_run_dir
     from .results import model_record
-    from .runs import RESULT_NAME, train_run
+    from .runs import CHECKPOINT_NAME, RESULT_NAME, train_run
     from .schedule import schedule_epochs
 
     t_start = time.perf_counter()
@@ -397,10 +428,12 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise CLIError(str(e)) from None
     _set_threads(args.threads)
     device = _device(args.device)
+    _not_empty(("--out", args.out, "runs/my-run"))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory; --out names the run "
                        "directory (it is created)")
+    claim_run_dir(out, "--out", (CHECKPOINT_NAME,), write=False)  # ours, or refused
     check_writable(out / RESULT_NAME, "--out")  # before any training
 
     t0 = time.perf_counter()
@@ -441,6 +474,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         ev, ev_seconds = _evaluate(model, ds, k=args.eval_k, n=args.eval_n,
                                    seed=args.eval_seed, batch_size=args.eval_batch_size,
                                    progress=progress)
+        _finite_score(ev, out / CHECKPOINT_NAME)
         seconds.update(ev_seconds)
     result = model_record(asdict(cfg), ds.name, history, ev, n_train=n_used,
                           device=str(device), epochs_planned=schedule_epochs(cfg.schedule()),
@@ -453,10 +487,11 @@ def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     from .checkpoints import check_writable
     from .results import model_record
-    from .runs import EVAL_NAME, load_run
+    from .runs import CHECKPOINT_NAME, EVAL_NAME, check_run_data, read_run
     from .schedule import schedule_epochs
 
     t_start = time.perf_counter()
+    _not_empty(("--run", args.run, "runs/my-run"), ("--out", args.out, "eval-k5000.json"))
     run = Path(args.run)
     if not run.is_dir():
         raise CLIError(f"--run {run} is not a directory")
@@ -464,17 +499,42 @@ def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     check_writable(path, "--out")  # before any computing
     _set_threads(args.threads)
     device = _device(args.device)
+    with _run_lock(run, writing_into=args.out is None):  # train may be writing there
+        try:
+            model, cfg, history, meta = read_run(run, device=device)
+        except FileNotFoundError as e:
+            raise CLIError(str(e)) from None
+        ds = _load_dataset(cfg.dataset, args, cfg.seed)
+        check_run_data(run, meta, ds)  # the data set config.json names is the model's
+        ev, seconds = _evaluate(model, ds, k=args.eval_k, n=args.eval_n, seed=args.eval_seed,
+                                batch_size=args.eval_batch_size, progress=not args.no_progress)
+        _finite_score(ev, run / CHECKPOINT_NAME)
+        result = model_record(asdict(cfg), ds.name, history, ev, run=str(run),
+                              device=str(device), epochs_planned=schedule_epochs(cfg.schedule()),
+                              schedule=_schedule_info(cfg), wall_time_s=seconds)
+        return _write_result(path, result, argv, t_start, device)
+
+
+@contextlib.contextmanager
+def _run_lock(run: Path, writing_into: bool) -> Iterator[None]:
+    """The run directory's lock, held while ``evaluate`` reads it (and writes eval.json
+    there): a ``train`` working in it refuses this, and is refused while this runs. A
+    folder evaluate may not write into (read-only; the result goes elsewhere) is read
+    unlocked."""
+    from .checkpoints import RunDirLock
+
+    lock = RunDirLock(run, "--run")
     try:
-        model, cfg, history = load_run(run, device=device)
-    except FileNotFoundError as e:
-        raise CLIError(str(e)) from None
-    ds = _load_dataset(cfg.dataset, args, cfg.seed)
-    ev, seconds = _evaluate(model, ds, k=args.eval_k, n=args.eval_n, seed=args.eval_seed,
-                            batch_size=args.eval_batch_size, progress=not args.no_progress)
-    result = model_record(asdict(cfg), ds.name, history, ev, run=str(run), device=str(device),
-                          epochs_planned=schedule_epochs(cfg.schedule()),
-                          schedule=_schedule_info(cfg), wall_time_s=seconds)
-    return _write_result(path, result, argv, t_start, device)
+        lock.__enter__()
+    except OSError as e:
+        if writing_into or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.__exit__()
 
 
 def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -482,6 +542,10 @@ def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .reproduce import EXIT_NOT_FINISHED, protocol_tag, reproduce, resolve_budget
     from .stacked import tune_malloc
 
+    _not_empty(("--run-root", args.run_root, "runs/reproduce"),
+               ("--results-dir", args.results_dir, "results"))
+    if args.gemm == "auto":
+        _check_gemm_env()
     device = _device(args.device)
     _set_threads(args.threads)
     two = args.two_layer_epochs
@@ -499,7 +563,7 @@ def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
         two_layer_epochs=args.two_layer_epochs, restart=args.restart, gemm=args.gemm,
         data_dir=args.data_dir,
         download=not args.no_download, progress=not args.no_progress,
-        batch_size=args.batch_size, trainer=args.trainer, tf32=args.tf32,
+        batch_size=args.batch_size, trainer=args.trainer, tf32=args.tf32, force=args.force,
         command=["python", "-m", "iwae_tutorial", *argv])
     if status == "done":
         print(f"wrote {path}")
@@ -516,14 +580,18 @@ def user_error(e: BaseException, command: str) -> str | None:
     """The one-line message for an error caused by the input or the machine (bad data, an
     unreadable checkpoint, a folder in use or not writable, a full disk, too little memory),
     or None for anything else (a bug: shown with its traceback)."""
-    import torch
+    if isinstance(e, MemoryError):  # before any import: there may be no memory for one
+        oom: tuple[type[BaseException], ...] = (MemoryError,)
+    else:
+        import torch
 
-    from .checkpoints import CheckpointError, RunDirLockedError
+        oom = (torch.OutOfMemoryError, MemoryError)
+    from .checkpoints import WRITE_FIX, CheckpointError, RunDirLockedError
     from .data import DataError
 
     if isinstance(e, (CLIError, DataError, CheckpointError, RunDirLockedError, ValueError)):
         text = str(e)
-    elif isinstance(e, (torch.OutOfMemoryError, MemoryError)) or (
+    elif isinstance(e, oom) or (
             isinstance(e, RuntimeError) and ("out of memory" in str(e).lower()
                                              or "can't allocate memory" in str(e).lower())):
         sizes = {"train": "--k or --batch-size (training) or --eval-batch-size (evaluation)",
@@ -538,7 +606,8 @@ def user_error(e: BaseException, command: str) -> str | None:
                errno.EDQUOT: "free some disk space or write elsewhere",
                errno.EACCES: "choose a folder you can write to (or fix its permissions)",
                errno.EPERM: "choose a folder you can write to (or fix its permissions)",
-               errno.EROFS: "choose a folder on a writable disk"}.get(e.errno, "")
+               errno.EROFS: "choose a folder on a writable disk",
+               errno.EFBIG: WRITE_FIX, errno.EIO: WRITE_FIX}.get(e.errno, "")
         text = str(e) if not e.strerror else f"{what}: {reason}" if what else reason
         if fix:
             text = f"{text}; {fix}"
@@ -557,26 +626,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse: --help (0) or bad arguments (2, message printed)
         return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
 
-    from .train import TrainingDivergedError
-
     try:
-        return COMMANDS[args.command](args, argv)
-    except TrainingDivergedError as e:
-        if debug:
-            raise
-        print(f"{PROG} {args.command}: training diverged: {e}", file=sys.stderr)
-        return 1
+        from .train import TrainingDivergedError  # in the try: it may fail for lack of memory
+
+        try:
+            return COMMANDS[args.command](args, argv)
+        except TrainingDivergedError as e:
+            if debug:
+                raise
+            print(f"{PROG} {args.command}: training diverged: {e}", file=sys.stderr)
+            return 1
     except KeyboardInterrupt:
         if debug:
             raise
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        message = user_error(e, args.command)
-        if debug or message is None:
-            raise
-        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return _failed(e, args.command, debug)
+
+
+def _failed(e: Exception, command: str, debug: bool) -> int:
+    """Status 2 and the one-line message of a user error; anything else (a bug) re-raised."""
+    message = user_error(e, command)
+    if debug or message is None:
+        raise e
+    print(f"{PROG} {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

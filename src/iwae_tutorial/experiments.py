@@ -7,6 +7,7 @@ reading it back are :mod:`iwae_tutorial.runs`.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import torch
@@ -40,11 +41,23 @@ class RunConfig:
     lr_scale: float = 1.0  # the paper's rates times this (larger batches; see schedule.py)
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.layers, (list, tuple)) and self.layers and all(
+                isinstance(spec, (list, tuple)) and spec and all(_whole(s, 1) for s in spec)
+                for spec in self.layers)):
+            raise ValueError(f"layers must be lists of positive integers (hidden sizes then "
+                             f"the latent size), got {self.layers!r}")
         self.layers = [[int(s) for s in spec] for spec in self.layers]
-        if self.dataset not in DATASETS:
+        if not isinstance(self.dataset, str) or self.dataset not in DATASETS:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose one of {DATASETS}")
-        if self.k < 1:
-            raise ValueError(f"k must be at least 1, got {self.k}")
+        for name, low, optional in (("k", 1, False), ("epochs", 1, True),
+                                    ("n_train", 1, True), ("seed", 0, False),
+                                    ("batch_size", 1, False)):
+            value = getattr(self, name)
+            if not (value is None and optional) and not _whole(value, low):
+                raise ValueError(f"{name} must be an integer of at least {low}"
+                                 f"{' (or null)' if optional else ''}, got {value!r}")
+        if not isinstance(self.objective, str):
+            raise ValueError(f"objective must be a name such as 'iwae', got {self.objective!r}")
         parse_objective(self.objective)  # one line naming a bad name or option
         if not 0 < self.lr_scale < float("inf"):
             raise ValueError(f"lr_scale must be a positive number, got {self.lr_scale}")
@@ -66,6 +79,11 @@ class RunConfig:
             return [Stage(self.epochs, self.lr * self.lr_scale)]
         s = burda_schedule(base_lr=1e-3 * self.lr_scale)
         return s if self.epochs is None else truncate_schedule(s, self.epochs)
+
+
+def _whole(value: object, low: int) -> bool:
+    """Whether ``value`` is an integer (not a bool, not a float) of at least ``low``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
 
 
 def eval_indices(ds: Dataset, n: int | None = None) -> Tensor:

@@ -45,8 +45,16 @@ import torch
 from torch import Tensor
 
 from . import noise
-from .checkpoints import RunDirLock, load_sharded, save_sharded, sync_log, write_json_atomic
+from .checkpoints import (
+    CheckpointError,
+    RunDirLock,
+    load_sharded,
+    save_sharded,
+    sync_log,
+    write_json_atomic,
+)
 from .fleet import StopFlag, _group_loss, _set_lr
+from .integrity import check_histories
 from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
 from .train import TrainingDivergedError, check_resumable, data_digest
 
@@ -218,8 +226,12 @@ def fit_fast(
     lock = RunDirLock(run_dir, "--run-root") if run_dir is not None else nullcontext()
     with lock, StopFlag(handle_signals) as signal_stop:
         start = 0
+        if state_dir is not None:
+            _check_state_dir(state_dir)
         if state_dir is not None and resume and (state_dir / "index.pt").exists():
             start, history = _resume(fleet, opt, state_dir, fprint, schedule)
+        elif run_dir is not None:  # a fresh start: the old log goes with the old state
+            (Path(run_dir) / "log.jsonl").unlink(missing_ok=True)
         steps = _Steps(fleet, opt, x_train, batch_size, binarize, block, use_graph)
         bar = None
         if progress:
@@ -279,20 +291,44 @@ def _save(fleet, opt, state_dir: Path, fprint: dict, epochs_done: int,
         "params": {fleet._group_name(g): {k: t.detach() for k, t in g.params.items()}
                    for g in fleet.groups},
         "optimizer": opt.state_dict(), "epoch": epochs_done, "history": history,
-        "fingerprint": fprint, "names": fleet.names})
+        "fingerprint": fprint, "names": fleet.names, "gemm": fleet.gemm})
     write_json_atomic(state_dir / "about.json", {
         "epochs_done": epochs_done, "members": fleet.names,
         "what": "the sharded state of iwae_tutorial.fast.fit_fast: carry this folder into "
                 "the next command to continue"})
 
 
+def _check_state_dir(state_dir: Path) -> None:
+    """State shards without their index (lost, or not carried along) are refused, never
+    deleted: a fresh start would replace them."""
+    if state_dir.is_dir() and not (state_dir / "index.pt").exists():
+        shards = sorted(p.name for p in state_dir.glob("shard-*.pt"))
+        if shards:
+            raise CheckpointError(
+                f"{state_dir} holds state shards ({', '.join(shards[:3])}) but not their "
+                f"index.pt; restore index.pt (carry the whole folder), or delete {state_dir} "
+                "to start afresh")
+
+
 def _resume(fleet, opt, state_dir: Path, fprint: dict,
             schedule: Sequence[Stage]) -> tuple[int, list[list[dict]]]:
     state = load_sharded(state_dir, map_location=fleet.device)
+    where, fix = state_dir / "index.pt", f"delete {state_dir} to start afresh"
+    missing = [k for k in ("params", "optimizer", "epoch", "history") if k not in state]
+    if missing:
+        raise CheckpointError(f"the state in {state_dir} lacks {', '.join(missing)}; {fix}")
+    check_histories(state["history"], where, fleet.names, epoch=state["epoch"], fix=fix,
+                    kind="state")
     check_resumable(state.get("fingerprint"), fprint, state["history"][0], schedule,
                     str(state_dir.parent), place="another --run-root",
                     other="another fleet or data set")
-    fleet._load_state(state, opt)
+    fleet._use_gemm(state.get("gemm"), where)  # the kernels it was trained with
+    try:
+        fleet._load_state(state, opt)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"the state in {state_dir} does not fit this fleet "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                              f"{fix}") from None
     history = [list(h) for h in state["history"]]
     sync_log(state_dir.parent / "log.jsonl", fleet._log_entries(history))
     return int(state["epoch"]), history

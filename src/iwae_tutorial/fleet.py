@@ -42,8 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
-import threading
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -53,6 +52,7 @@ import torch
 from torch import Tensor
 
 from .checkpoints import RunDirLock, save_tensors, sync_log, write_json_atomic
+from .integrity import check_histories, check_rngs
 from .models import IWAE
 from .objectives import log_w_objective, samples_per_point
 from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
@@ -63,8 +63,10 @@ from .stacked import (
     stacked_log_weights,
     unstack_state_dict,
 )
+from .stopping import StopFlag
 from .train import (
     LOG_NAME,
+    RESTART_FIX,
     TrainingDivergedError,
     check_resumable,
     check_state,
@@ -220,6 +222,8 @@ class Fleet:
             raise ValueError("all models of a fleet must be on the same device")
         self.specs = [StackedSpec.of(m) for m in models]
         self.gemm = resolve_gemm(gemm, self.device, self.dtype)
+        # an automatic choice (timed once per process) gives way to a checkpoint's on resume
+        self.gemm_auto = gemm == "auto" and os.environ.get("IWAE_FLEET_GEMM", "auto") == "auto"
         keys: dict[tuple, list[int]] = {}
         for i, (spec, mem) in enumerate(zip(self.specs, self.members)):
             keys.setdefault((spec, samples_per_point(mem.objective, mem.k)), []).append(i)
@@ -420,6 +424,10 @@ class Fleet:
         state = load_checkpoint(ckpt_path, map_location=self.device)
         check_state(state, ("params", "optimizer", "rng", "epoch", "step", "history"),
                     ckpt_path)
+        fix = f"delete it, or {RESTART_FIX}"
+        check_histories(state["history"], ckpt_path, self.names, epoch=state["epoch"], fix=fix)
+        check_rngs(state["rng"], self.names, ("order", "binarize", "noise"), ckpt_path, fix=fix)
+        self._use_gemm(state.get("gemm"), ckpt_path)
         saved = state.get("fingerprint")
         old = saved.get("members") if isinstance(saved, dict) else None
         if isinstance(old, list) and old and isinstance(old[0], dict):  # older versions' layout
@@ -461,12 +469,29 @@ class Fleet:
             "rng": [{name: gg.get_state() for name, gg in g.items()} for g in gens],
             "epoch": pos.epoch, "step": pos.step, "history": pos.history,
             "fingerprint": fprint, "members": [asdict(m) for m in self.members],
-            "names": self.names,
+            "names": self.names, "gemm": self.gemm,
         }
         if pos.step > 0:
             state.update(orders=pos.orders.cpu(), bound_sum=pos.bound_sum.cpu(),
                          first_bad=pos.first_bad.cpu(), epoch_seconds=pos.epoch_seconds)
         save_tensors(ckpt_path, state)
+
+    def _use_gemm(self, saved: object, ckpt_path: Path) -> None:
+        """Resume with the checkpoint's matrix-product kernels (they change the rounding): an
+        automatic choice gives way, another explicit one is refused; no entry: keep ours."""
+        if not isinstance(saved, str) or saved == self.gemm:
+            return
+        if not self.gemm_auto:
+            raise ValueError(f"the checkpoint {ckpt_path} was trained with gemm {saved!r}, "
+                             f"{self.gemm!r} is asked for now (--gemm or IWAE_FLEET_GEMM); "
+                             f"resume with --gemm auto or {saved}, or {RESTART_FIX}")
+        try:
+            resolve_gemm(saved, self.device, self.dtype)
+        except ValueError:  # not usable here (another machine): keep the automatic choice
+            return
+        self.gemm = saved
+        for g in self.groups:
+            g.gemm = saved
 
     def _log_entries(self, history: Sequence[Sequence[dict]]) -> list[dict]:
         """The lines of the fleet's ``log.jsonl``, one per epoch, from the members' histories."""
@@ -544,7 +569,7 @@ class Fleet:
         out = [write_run(directory / name, self.model(i, device="cpu"),
                          configs[i] if configs is not None else None,
                          histories[i] if histories is not None else [],
-                         trained_by="iwae_tutorial.fleet")
+                         trained_by="iwae_tutorial.fleet", gemm=self.gemm)
                for i, name in enumerate(self.names)]
         meta = {"members": [{"name": nm, **asdict(m), "layers": [list(s) for s in sp.layers],
                              "dir": nm} for nm, m, sp in zip(self.names, self.members,
@@ -568,30 +593,6 @@ def _diverged(name: str, epoch: int, step: int, steps_per_epoch: int,
     raise TrainingDivergedError(
         f"member {name!r}: the bound became NaN or infinite at epoch {epoch + 1}, step "
         f"{step + 1} of {steps_per_epoch}; {where}. Try a lower learning rate.")
-
-
-class StopFlag:
-    """SIGTERM/SIGINT set a flag (checked at the end of each step) instead of killing."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.requested = False
-        self._old: dict = {}
-
-    def _handler(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> StopFlag:
-        if self.enabled:
-            for s in (signal.SIGTERM, signal.SIGINT):
-                self._old[s] = signal.signal(s, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 # ------------------------------------------------------------------------------- stepping

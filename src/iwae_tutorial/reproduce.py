@@ -154,6 +154,7 @@ def reproduce(
     trainer: str = "exact",
     tf32: bool = False,
     verbose: bool = True,
+    force: bool = False,
 ) -> tuple[str, Path | None]:
     """Train, evaluate at the end of every stage of the schedule, and write
     ``results_dir/<dataset>-<protocol>.json`` after each evaluated stage.
@@ -175,7 +176,10 @@ def reproduce(
 
     Returns ``("done", path)`` or ``(reason, None)`` when it stopped early ("time limit or
     signal") with its state saved under ``run_root/<protocol>/`` (the result file then holds
-    the stages finished so far, ``"status": "partial"``).
+    the stages finished so far, ``"status": "partial"``). An existing result file of the same
+    name written with another seed, evaluation k, test images or evaluation seed is not
+    replaced unless ``force`` (a ValueError naming it, before anything is done). A score that
+    is NaN or infinite is never written (a ValueError naming the file).
     ``ds`` (an :class:`~iwae_tutorial.experiments.Dataset`) skips loading the data (tests).
     """
     import torch
@@ -198,10 +202,6 @@ def reproduce(
     tag = protocol_tag(dataset, b.name, batch_size, trainer, tf32, two_layer_epochs)
     run_dir = Path(run_root) / tag
     with RunDirLock(run_dir, "--run-root"):  # one process at a time
-        if restart:  # everything but the lock we hold
-            for p in run_dir.iterdir():
-                if p.name != RunDirLock.NAME:
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
         if ds is None:
             if verbose:
                 _log(f"loading {dataset}")
@@ -220,9 +220,14 @@ def reproduce(
                    deadline=None if max_minutes is None else t_start + 60.0 * max_minutes,
                    command=command,
                    started=json.loads(json.dumps(provenance(command=command, device=dev))))
+        out_path = Path(results_dir) / f"{tag}.json"
+        _check_replace(run, out_path, force)  # before anything is deleted or computed
+        if restart:  # everything but the lock we hold
+            for p in run_dir.iterdir():
+                if p.name != RunDirLock.NAME:
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
         parts = _parts(run)
         done = _load_done(run)
-        out_path = Path(results_dir) / f"{tag}.json"
         points = sorted({e for part in parts for e in part.ends})
         for e in points:
             for part in parts:
@@ -244,9 +249,21 @@ def reproduce(
 
 
 def _write_result(path: Path, result: dict) -> Path:
+    """Write the table file, unless a score in it is NaN or infinite (a ValueError)."""
     from .checkpoints import write_json_atomic
+    from .results import check_finite_scores
 
+    check_finite_scores(result, path)
     return write_json_atomic(path, result)
+
+
+def _check_replace(run: _Run, path: Path, force: bool) -> None:
+    """A result file of this name but other settings is not replaced without ``force``."""
+    from .results import check_replaceable
+
+    if not force:
+        check_replaceable(path, {"seed": run.seed, "eval_k": run.eval_k, "eval_n": run.n_eval,
+                                 "eval_seed": run.eval_seed, "n_train": run.n_train})
 
 
 @dataclass
@@ -357,6 +374,7 @@ def _load_done(run: _Run) -> dict:
     """The stages scored so far (``stages.pt`` in the run directory), when their settings are
     this invocation's."""
     from .checkpoints import load_tensors
+    from .integrity import check_stage_scores
 
     path = _done_path(run)
     if not path.exists():
@@ -366,7 +384,7 @@ def _load_done(run: _Run) -> dict:
     if saved.get("key") != _done_key(run) or not isinstance(saved.get("stages"), dict):
         run.log("the saved stage results used other evaluation settings; scoring anew")
         return {}
-    return dict(saved["stages"])
+    return check_stage_scores(saved["stages"], path)
 
 
 def _save_done(run: _Run, done: dict) -> None:
@@ -519,7 +537,7 @@ def _records(run: _Run, part: _Part, entry: dict, with_per_image: bool) -> list[
 
     from .evaluate import ACTIVE_UNITS_THRESHOLD
     from .experiments import eval_subset_text
-    from .results import model_record, pack_per_image
+    from .results import model_record, pack_per_image, slim_record
 
     ds = run.ds
     epochs = entry["epochs"]
@@ -552,7 +570,7 @@ def _records(run: _Run, part: _Part, entry: dict, with_per_image: bool) -> list[
             extra["ll_per_image"] = pack_per_image(ll.tolist())
         rec = model_record(asdict(replace(cfg, epochs=epochs)), run.dataset,
                            entry["histories"][i][:epochs], evaluation, **extra)
-        out[rec["name"]] = rec
+        out[rec["name"]] = slim_record(rec) if with_per_image else rec
     from .results import table1_order
 
     return [out[name] for name in table1_order(list(out.values()))]

@@ -20,10 +20,10 @@ from .paper import ONE_LAYER, PAPER_EPOCHS, TABLE1_KS, TWO_LAYERS, paper_numbers
 
 __all__ = ["published_dir", "SCHEMA", "model_record", "evaluation_fields", "read_record",
            "read_run_result", "load_result", "find_results", "table1_cells", "table1_order",
-           "pack_per_image", "unpack_per_image",
+           "pack_per_image", "unpack_per_image", "slim_record",
            "table1_markdown",
            "active_units_markdown", "provenance_markdown", "gap_summary", "batch_study_rows",
-           "batch_study_markdown"]
+           "batch_study_markdown", "check_finite_scores", "check_replaceable"]
 
 SCHEMA = "iwae-tutorial/result-1"
 
@@ -177,16 +177,52 @@ def load_result(path: str | Path) -> dict[str, Any]:
 def find_results(results_dir: str | Path = "results", dataset: str | None = None
                  ) -> list[dict[str, Any]]:
     """All complete result files in ``results_dir`` (optionally of one dataset), longest
-    training first."""
+    training first; a malformed file is skipped (the others are still found)."""
     out = []
     for p in sorted(Path(results_dir).glob("*.json")):
         try:
             r = load_result(p)
-        except ValueError:
+            if r.get("status") == "complete" and (dataset is None or r["dataset"] == dataset):
+                out.append((-int(r["protocol"]["epochs"]), len(out), r))
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
             continue
-        if r.get("status") == "complete" and (dataset is None or r["dataset"] == dataset):
-            out.append(r)
-    return sorted(out, key=lambda r: -int(r["protocol"]["epochs"]))
+    return [r for *_, r in sorted(out, key=lambda t: t[:2])]
+
+
+def check_finite_scores(result: dict[str, Any], path: str | Path) -> None:
+    """A ValueError naming ``path`` (the table file about to be written) when a cell's test
+    NLL, in ``configurations`` or in a stage, is missing, NaN or infinite."""
+    cells = list(result.get("configurations", [])) + [
+        c for st in result.get("stages", []) for c in st.get("configurations", [])]
+    bad = sorted({str(c.get("name")) for c in cells
+                  if not isinstance(c.get("nll"), (int, float)) or not math.isfinite(c["nll"])})
+    if bad:
+        raise ValueError(f"{path} would record a NaN or infinite test NLL for "
+                         f"{', '.join(bad)}; nothing was written. Delete the saved scores "
+                         "(stages.pt and the stages/ folders under --run-root) to score them "
+                         "again, or --restart")
+
+
+def check_replaceable(path: str | Path, settings: dict[str, Any]) -> None:
+    """Refuse (a ValueError naming ``path`` and ``--force``) to replace an existing result
+    file whose ``protocol`` differs from ``settings`` (seed, eval_k, ...; keys an older file
+    lacks are not compared) or that is no result file at all."""
+    path = Path(path)
+    if not path.exists():
+        return
+    fix = "write elsewhere (--results-dir), or replace it (--force)"
+    try:
+        protocol = json.loads(path.read_text()).get("protocol")
+    except (OSError, ValueError, AttributeError):
+        protocol = None
+    if not isinstance(protocol, dict):
+        raise ValueError(f"{path} exists and is not a result file of reproduce; move it "
+                         f"away, {fix}")
+    diffs = [f"{key} {protocol[key]!r} there, {value!r} now" for key, value in settings.items()
+             if key in protocol and protocol[key] != value]
+    if diffs:
+        raise ValueError(f"{path} holds a result of other settings ({'; '.join(diffs)}); "
+                         f"rerun with its settings to continue it, {fix}")
 
 
 def table1_cells(result: dict[str, Any]) -> dict[tuple[str, int, int], dict[str, Any]]:
@@ -195,30 +231,50 @@ def table1_cells(result: dict[str, Any]) -> dict[tuple[str, int, int], dict[str,
             for c in result["configurations"]}
 
 
-#: the per-image log-likelihoods of a stage are stored as little-endian int32 millinats
-PER_IMAGE_SCALE = 1000
+#: per-image L_k values are stored as base64 text: "u16c:" + little-endian uint16 centinats of
+#: the NLL (-L_k) when every value lies in [0, 655.35] nats, else little-endian int32
+#: millinats of L_k (no prefix; the first files' format)
+U16_PREFIX = "u16c:"
 
 
 def pack_per_image(ll: Any) -> str:
-    """Per-image L_k values [n] (nats) -> base64 of little-endian int32 millinats (compact and
-    exact to 0.0005 nats; read back by :func:`unpack_per_image`)."""
+    """Per-image L_k values [n] (nats, log-likelihoods) -> compact text (2 bytes per image,
+    exact to 0.005 nats; 4 bytes and 0.0005 nats when an NLL is outside [0, 655.35]); read
+    back by :func:`unpack_per_image`."""
     import base64
 
     import numpy as np
 
-    v = np.rint(np.asarray(ll, dtype=np.float64) * PER_IMAGE_SCALE)
+    v = np.asarray(ll, dtype=np.float64)
     if not np.all(np.isfinite(v)):
         raise ValueError("per-image log-likelihoods must be finite to be stored")
-    return base64.b64encode(v.astype("<i4").tobytes()).decode("ascii")
+    c = np.rint(-v * 100)
+    if c.size and c.min() >= 0 and c.max() <= 65535:
+        return U16_PREFIX + base64.b64encode(c.astype("<u2").tobytes()).decode("ascii")
+    return base64.b64encode(np.rint(v * 1000).astype("<i4").tobytes()).decode("ascii")
 
 
 def unpack_per_image(text: str) -> Any:
-    """The inverse of :func:`pack_per_image`: [n] float64 numpy array of nats."""
+    """The inverse of :func:`pack_per_image`: [n] float64 numpy array of L_k (nats)."""
     import base64
 
     import numpy as np
 
-    return np.frombuffer(base64.b64decode(text), dtype="<i4").astype(np.float64) / PER_IMAGE_SCALE
+    if text.startswith(U16_PREFIX):
+        raw = base64.b64decode(text[len(U16_PREFIX):])
+        return -np.frombuffer(raw, dtype="<u2").astype(np.float64) / 100
+    return np.frombuffer(base64.b64decode(text), dtype="<i4").astype(np.float64) / 1000
+
+
+def slim_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record of one stage of a stage-wise table, without what the table's furthest record
+    already holds (``config``, ``train_bound_per_epoch``), unit activities to 4 digits: the
+    stage-wise file ships with the package and must stay small."""
+    out = {k: v for k, v in record.items() if k not in ("config", "train_bound_per_epoch")}
+    if out.get("active_units_variances") is not None:
+        out["active_units_variances"] = [[float(f"{v:.4g}") for v in layer]
+                                         for layer in out["active_units_variances"]]
+    return out
 
 
 def table1_order(records: list[dict[str, Any]]) -> list[str]:

@@ -7,7 +7,8 @@ A run directory holds one trained model::
                         the optimizer, the random generators' states and a fingerprint
     DIR/log.jsonl       one line per epoch (repaired from the checkpoint on resume)
     DIR/result.json     what ``train`` measured; DIR/eval.json what ``evaluate`` measured
-    DIR/.lock           held by the process working in DIR
+    DIR/.lock           held by the process working in DIR (a plain file, never a link)
+    DIR/.iwae-tutorial-run  the marker: DIR is this package's (integrity.claim_run_dir)
 
 :func:`train_run` trains one into it (resumable), :func:`write_run` writes a model trained
 elsewhere (the fleet's members), :func:`load_run` reads one back, and :func:`find_trained`
@@ -27,13 +28,30 @@ import torch
 
 from .checkpoints import CheckpointError, RunDirLock, save_tensors, write_json_atomic
 from .experiments import Dataset, RunConfig, build_model, load_dataset
+from .integrity import (
+    check_config_matches,
+    check_finite_weights,
+    check_history,
+    check_model_config,
+    check_rng,
+    claim_run_dir,
+)
 from .models import IWAE
 from .schedule import schedule_epochs
-from .train import CHECKPOINT_NAME, LOG_NAME, RESTART_FIX, check_state, fit, load_checkpoint
+from .train import (
+    CHECKPOINT_NAME,
+    LOG_NAME,
+    RESTART_FIX,
+    check_state,
+    data_digest,
+    fit,
+    load_checkpoint,
+)
 
 __all__ = ["SHIPPED_DIR", "retrain_requested", "CONFIG_NAME", "CHECKPOINT_NAME", "LOG_NAME",
            "RESULT_NAME", "EVAL_NAME", "train_run", "write_run", "read_config", "load_run",
-           "checkpoint_dirs", "find_trained", "load_model_file", "load_or_train", "describe_source"]
+           "read_run", "check_run_data", "checkpoint_dirs", "find_trained", "load_model_file",
+           "load_or_train", "describe_source"]
 
 #: the trained models that ship with the package (scripts/train_shipped_models.py)
 SHIPPED_DIR = Path(__file__).resolve().parent / "trained"
@@ -67,8 +85,11 @@ def train_run(
                       schedule=cfg.schedule(), batch_size=cfg.batch_size, seed=cfg.seed,
                       binarize=ds.binarize, progress=progress)
         return model, history
+    if str(run_dir).strip() == "":
+        raise ValueError("--out is empty; name a run directory, e.g. --out runs/my-run")
     run_dir = Path(run_dir)
     with RunDirLock(run_dir, "--out"):  # held through fit (which takes it again)
+        claim_run_dir(run_dir, "--out", (CHECKPOINT_NAME,))  # ours, or refused: before --restart
         if restart:
             for name in (CHECKPOINT_NAME, LOG_NAME, CONFIG_NAME, RESULT_NAME, EVAL_NAME):
                 (run_dir / name).unlink(missing_ok=True)
@@ -95,7 +116,10 @@ def _check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
             diff = ", ".join(f"{c} {getattr(old, c)!r} there, {new[c]!r} now" for c in changed)
             raise ValueError(f"{run_dir} holds a run of another configuration ({diff}); "
                              f"use another run directory (--out), or {RESTART_FIX}")
-    done = len(load_checkpoint(ckpt_path).get("history", []))
+    state, fix = load_checkpoint(ckpt_path), f"delete it, or {RESTART_FIX}"
+    check_state(state, ("model", "optimizer", "rng", "epoch", "history"), ckpt_path)
+    done = len(check_history(state["history"], ckpt_path, epoch=state["epoch"], fix=fix))
+    check_rng(state["rng"], ("order", "binarize", "noise"), ckpt_path, fix=fix)
     planned = schedule_epochs(cfg.schedule())
     if done > planned:
         raise ValueError(f"{run_dir} holds a run of {done} epochs, more than the {planned} "
@@ -130,22 +154,70 @@ def read_config(path: str | Path) -> RunConfig:
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[IWAE, RunConfig,
                                                                                 list[dict]]:
-    """The trained model, its config and its log from a run directory written by train_run."""
+    """The trained model, its config and its log from a run directory written by train_run
+    (checked as :func:`read_run` does)."""
+    model, cfg, history, _ = read_run(run_dir, device)
+    return model, cfg, history
+
+
+def read_run(run_dir: str | Path, device: torch.device | str = "cpu"
+             ) -> tuple[IWAE, RunConfig, list[dict], dict]:
+    """:func:`load_run`, and the checkpoint's metadata (everything but the weights, the
+    optimizer and the generators: ``model_config``, ``fingerprint``, ...).
+
+    The checkpoint is the truth about the model: its ``model_config`` and history are
+    checked, its weights must be finite, and ``config.json`` must describe it
+    (:func:`iwae_tutorial.integrity.check_config_matches`); else one line naming the file."""
     run_dir = Path(run_dir)
     cfg = read_config(run_dir / CONFIG_NAME)
     ckpt_path = run_dir / CHECKPOINT_NAME
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"{run_dir} holds no {CHECKPOINT_NAME}: it is no trained run "
+                                "(train writes it after the first epoch); give the folder "
+                                "train --out wrote, or train it first")
     state = load_checkpoint(ckpt_path, map_location=device)
     check_state(state, ("model", "model_config", "history"), ckpt_path)
-    mc = state["model_config"]
+    fix = "delete the run directory or train it again"
+    mc = check_model_config(state["model_config"], ckpt_path, fix=fix)
+    history = check_history(state["history"], ckpt_path, epoch=state.get("epoch"), fix=fix)
+    check_config_matches(cfg, state, run_dir / CONFIG_NAME, ckpt_path)
+    if not isinstance(state["model"], dict):
+        raise CheckpointError(f"the checkpoint {ckpt_path} holds no weights; {fix}")
+    check_finite_weights(state["model"], ckpt_path)
     try:
         model = IWAE(mc["x_dim"], mc["layers"], likelihood=mc["likelihood"]).to(device)
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"the checkpoint {ckpt_path} does not hold a model this package "
-                              f"can build ({type(e).__name__}: {e}); delete the run "
-                              "directory or train it again") from None
+                              f"can build ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:160]}); {fix}") from None
     model.eval()
-    return model, cfg, list(state["history"])
+    meta = {key: v for key, v in state.items()
+            if key not in ("model", "optimizer", "rng", "orders", "bound_sum", "first_bad")}
+    return model, cfg, history, meta
+
+
+def check_run_data(run_dir: str | Path, meta: dict, ds: Dataset) -> None:
+    """The data set ``ds`` (named by ``config.json``) must be the one the model of ``run_dir``
+    was trained on: the size and likelihood of its data points (the checkpoint's
+    ``model_config``) and, where the checkpoint has a fingerprint, its training images.
+    ``meta``: from :func:`read_run`. Else one line naming the files and the fix."""
+    run_dir = Path(run_dir)
+    ckpt, cfg_path = run_dir / CHECKPOINT_NAME, run_dir / CONFIG_NAME
+    fix = (f"the checkpoint is the truth: restore {cfg_path} to the data set it was trained "
+           "on, or delete the run directory and train it again")
+    mc = meta.get("model_config", {})
+    if mc.get("x_dim") != ds.x_dim or mc.get("likelihood", "bernoulli") != ds.likelihood:
+        raise CheckpointError(
+            f"the model in {ckpt} is of data points of {mc.get('x_dim')} values "
+            f"({mc.get('likelihood')}), {ds.name} has {ds.x_dim} ({ds.likelihood}): "
+            f"{cfg_path} names another data set than it was trained on; {fix}")
+    fp = meta.get("fingerprint")
+    if isinstance(fp, dict) and isinstance(fp.get("data"), str) and isinstance(fp.get("n"), int):
+        n = fp["n"]
+        if n > ds.x_train.shape[0] or data_digest(ds.x_train[:n]) != fp["data"]:
+            raise CheckpointError(f"the model in {ckpt} was not trained on the first {n} "
+                                  f"training images of {ds.name}; {fix}")
 
 
 def write_run(directory: str | Path, model: IWAE, cfg: RunConfig | None,
@@ -294,12 +366,35 @@ def load_or_train(cfg: Any, device: torch.device | str | None = None, *, ds: Any
                      else f"checkpoint {path}")
             epochs = meta.get("epochs")
             source = where + (f", trained for {epochs} epochs" if epochs else "")
-            return load_model_file(path, device), {"source": source, **meta}
+            model = load_model_file(path, device)
+            _check_found(model, path, meta, cfg, ds)
+            return model, {"source": source, **meta}
     model, history = train_run(cfg, device=device, ds=ds, progress=progress)
     return model, {"source": "trained in this notebook", "config": asdict(cfg),
                    "epochs": len(history),
                    "train_bound": history[-1]["train_bound"] if history else None,
                    "seconds": sum(h["seconds"] for h in history)}
+
+
+def _check_found(model: IWAE, path: Path, meta: dict, cfg: Any, ds: Any) -> None:
+    """The model :func:`find_trained` found for ``cfg`` must be what its metadata says: its
+    weights of ``cfg.layers`` (and of ``ds``'s data size, when given), and, where the file
+    has a training fingerprint, trained with ``cfg``'s objective and k."""
+    where = meta.get("metadata_file", path)
+    have = [[int(v) for v in s] for s in model.config["layers"]]
+    diffs = []
+    if have != [[int(v) for v in s] for s in cfg.layers]:
+        diffs.append(f"layers {have}, not {[list(s) for s in cfg.layers]}")
+    if ds is not None and getattr(ds, "x_dim", model.x_dim) != model.x_dim:
+        diffs.append(f"data points of {model.x_dim} values, not {ds.x_dim}")
+    fp = load_checkpoint(path).get("fingerprint") if path.suffix == ".pt" else None
+    if isinstance(fp, dict):
+        diffs += [f"{key} {fp[key]!r}, not {mine!r}" for key, mine in
+                  (("objective", cfg.objective), ("k", cfg.k)) if key in fp and fp[key] != mine]
+    if diffs:
+        raise CheckpointError(f"{path} holds a model that does not match its metadata {where} "
+                              f"({'; '.join(diffs)}); delete or fix those files, or train "
+                              "anew (IWAE_RETRAIN=1)")
 
 
 #: metadata fields describe_source leaves out (local file paths, long per-epoch data)

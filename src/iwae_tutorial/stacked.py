@@ -211,7 +211,11 @@ def resolve_gemm(gemm: str, device: torch.device, dtype: torch.dtype) -> str:
     (float32 on the CPU, see :func:`onednn_available`). "auto" is "onednn" where it is usable
     and faster on this CPU (:func:`onednn_faster`), else "bmm"; ``$IWAE_FLEET_GEMM``
     overrides "auto"."""
-    gemm = os.environ.get("IWAE_FLEET_GEMM", gemm) if gemm == "auto" else gemm
+    if gemm == "auto" and "IWAE_FLEET_GEMM" in os.environ:
+        gemm = os.environ["IWAE_FLEET_GEMM"]
+        if gemm not in ("auto", "onednn", "bmm"):
+            raise ValueError(f"IWAE_FLEET_GEMM={gemm!r} is not a matrix-product kernel; set "
+                             "it to auto, onednn or bmm, or unset it")
     if gemm not in ("auto", "onednn", "bmm"):
         raise ValueError(f"gemm must be 'auto', 'onednn' or 'bmm', got {gemm!r}")
     usable = device.type == "cpu" and dtype == torch.float32 and onednn_available()

@@ -4,6 +4,10 @@ functions of the log-weights, ``train.fit`` for the others) and score them all t
 :func:`score_models` is the one scoring protocol of every study result file: test NLL by L_k
 (default 5000) on the first ``n`` test images binarized once (seed 0), the paper's active-unit
 count and the reconstruction loss -log p(x | h), h ~ q(h | x), on the same images.
+
+The second half reads the committed result files for the chapters (:func:`load_study`): their
+tables as Markdown with a one-line provenance under them, and the facts each chapter's text
+states, checked (``*_facts``: an AssertionError names a claim the file does not bear out).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,7 +35,9 @@ from .results import evaluation_fields, model_record
 from .stacked import tune_malloc
 
 __all__ = ["score_models", "RECON_SAMPLES", "start", "finished_parts", "paired_difference",
-           "earlier_provenance", "RUN_ARGUMENTS", "add_run_arguments", "protocol_args"]
+           "earlier_provenance", "RUN_ARGUMENTS", "add_run_arguments", "protocol_args",
+           "load_study", "markdown_table", "as_markdown", "minutes", "provenance_line",
+           "check_claim"]
 
 #: samples of h per image in the reconstruction loss
 RECON_SAMPLES = 10
@@ -134,3 +141,68 @@ def finished_parts(out: str | Path, protocol: dict, key: str) -> dict:
         return {}
     old = json.loads(out.read_text())
     return old.get(key, {}) if old.get("protocol", {}).get("args") == protocol else {}
+
+
+# ------------------------------------------------------------------------------------------
+# Reading the committed result files for the chapters: tables, captions and the facts their
+# text states. A ``*_facts`` function computes the numbers a chapter's paragraph shows and
+# checks every claim that paragraph makes about them (AssertionError naming the claim when the
+# file does not bear it out), so the chapter's hidden cells are a few calls.
+# ------------------------------------------------------------------------------------------
+
+def load_study(name: str, results_dir: str | Path | None = None) -> dict:
+    """The committed result file ``name.json`` (``results.published_dir()`` by default)."""
+    from .results import published_dir
+
+    where = Path(results_dir) if results_dir is not None else published_dir()
+    if where is None:
+        raise FileNotFoundError("no committed result files found (results/ or the package's "
+                                "published/)")
+    path = where / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise FileNotFoundError(f"cannot read the result file {path}: {e}") from e
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table: one header row, then one row per entry of ``rows``."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def as_markdown(*parts: str) -> Any:
+    """Parts of Markdown (tables, captions) as one IPython ``Markdown`` output, a blank line
+    between parts: what a chapter's cell shows as its result."""
+    from IPython.display import Markdown
+
+    return Markdown("\n\n".join(p.strip("\n") for p in parts if p))
+
+
+def minutes(seconds: float) -> str:
+    """Wall time in words: "42 min", or "3.2 h" from two hours on."""
+    return f"{seconds / 3600:.1f} h" if seconds >= 7200 else f"{seconds / 60:.0f} min"
+
+
+def provenance_line(study: dict, time_text: str | None = None) -> str:
+    """Who wrote a result file, in one line: the command, the commit, the machine and the date
+    (and ``time_text``, how long it took), e.g. for a caption under a table."""
+    prov = study["provenance"]
+    cmd = prov.get("command") or "?"
+    cmd = " ".join(cmd) if isinstance(cmd, list) else str(cmd)
+    commit = str(prov.get("git_commit") or "?")[:7] + (" with local changes"
+                                                       if prov.get("git_dirty") else "")
+    where = prov.get("device_name") or prov.get("device") or "?"
+    if prov.get("device") == "cpu" and prov.get("torch_threads"):
+        n = prov["torch_threads"]
+        where += f", {n} CPU thread{'s' * (n > 1)}"
+    text = f"Written by `{cmd}` (commit {commit}; {where}; {str(prov.get('date_utc'))[:10]})"
+    return text + (f", {time_text}." if time_text else ".")
+
+
+def check_claim(holds: bool, claim: str, *detail: Any) -> None:
+    """Raise AssertionError naming a chapter's claim when the numbers do not bear it out."""
+    if not holds:
+        raise AssertionError(f"the chapter's claim does not hold: {claim}"
+                             + (f" ({', '.join(map(str, detail))})" if detail else ""))

@@ -21,15 +21,16 @@ import torch
 from torch import Tensor
 
 from .checkpoints import CheckpointError, RunDirLock, load_tensors, save_tensors, sync_log
+from .integrity import check_history, check_rng
 from .models import IWAE
 from .objectives import get_objective
 from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
 from .seeding import stream_seed
 
 __all__ = [
-    "make_generators", "make_optimizer", "fit", "TrainingDivergedError", "save_checkpoint",
-    "load_checkpoint", "CHECKPOINT_NAME", "LOG_NAME", "check_resumable", "data_digest",
-    "nonfinite_parameters", "RESTART_FIX", "check_state", "fingerprint",
+    "make_generators", "make_optimizer", "train_step", "fit", "TrainingDivergedError",
+    "save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME", "LOG_NAME", "check_resumable",
+    "data_digest", "nonfinite_parameters", "RESTART_FIX", "check_state", "fingerprint",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -50,6 +51,27 @@ def make_generators(seed: int, device: torch.device | str) -> dict[str, torch.Ge
 def make_optimizer(params, lr: float = 1e-3) -> torch.optim.Adam:
     """Adam as in the paper's text: beta1 = 0.9, beta2 = 0.999, eps = 1e-4."""
     return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-4)
+
+
+def train_step(model: IWAE, optimizer: torch.optim.Optimizer, x: Tensor,
+               objective: str | Callable[..., tuple[Tensor, Tensor]] = "iwae", k: int = 1,
+               generator: torch.Generator | None = None,
+               **objective_kwargs) -> tuple[Tensor, Tensor]:
+    """One step of stochastic gradient ascent on a bound, for one minibatch ``x: [batch,
+    x_dim]``: what :func:`fit` does for every batch.
+
+    Returns (loss, bound): the loss that was minimised and the batch mean of the bound, both
+    scalars measured before the step (detached tensors: ``float(bound)`` to print one).
+    """
+    # k samples per data point through the model (reparameterised noise from `generator`),
+    # their log-weights, and the objective's bound per data point: ELBO, L_k, ...
+    surrogate, bound = get_objective(objective)(model, x, k, generator=generator,
+                                                **objective_kwargs)
+    loss = -surrogate.mean()  # the optimizer minimises: minus the bound, averaged over x
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # the gradient estimator (for L_k: sum_i w~_i grad log w_i)
+    optimizer.step()  # Adam
+    return loss.detach(), bound.detach().mean()
 
 
 class TrainingDivergedError(RuntimeError):
@@ -209,19 +231,15 @@ def fit(
                 x = x_train[order[step * batch_size:(step + 1) * batch_size]]
                 if binarize:
                     x = torch.bernoulli(x, generator=gens["binarize"])
-                surrogate, bound = objective_fn(model, x, k, generator=gens["noise"],
-                                                **objective_kwargs)
-                loss = -surrogate.mean()
-                if on_cpu:
+                loss, bound = train_step(model, opt, x, objective_fn, k, gens["noise"],
+                                         **objective_kwargs)
+                if on_cpu:  # checked after the step: the checkpoint on disk stays good
                     if not torch.isfinite(loss):
                         _diverged(epoch, step, steps_per_epoch, loss.item(), ckpt_path)
                 else:  # no host sync inside the epoch on accelerators
                     bad = ~torch.isfinite(loss) & (first_bad < 0)
                     first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                bound_sum += bound.detach().mean().double()
+                bound_sum += bound.double()
                 if bar is not None and (step + 1) % 50 == 0:
                     bar.update(50)
             if not on_cpu and int(first_bad) >= 0:
@@ -264,16 +282,24 @@ def _resume(ckpt_path: Path, model: IWAE, opt: torch.optim.Optimizer,
     run_dir = ckpt_path.parent
     state = load_checkpoint(ckpt_path, map_location=model.device)
     check_state(state, ("model", "optimizer", "rng", "epoch", "history"), ckpt_path)
+    fix = f"delete it, or {RESTART_FIX}"
+    check_history(state["history"], ckpt_path, epoch=state["epoch"], fix=fix)
+    check_rng(state["rng"], gens, ckpt_path, fix=fix)
     check_resumable(state.get("fingerprint"), fingerprint, state["history"], schedule,
                     str(run_dir))
     if "model_config" in state and state["model_config"] != model.config:
         raise ValueError(f"the checkpoint in {run_dir} holds another model "
                          f"({state['model_config']}, not {model.config}); use another run "
                          f"directory, or {RESTART_FIX}")
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    for name, g in gens.items():
-        g.set_state(state["rng"][name].cpu())  # CPU ByteTensors, even for CUDA
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        for name, g in gens.items():
+            g.set_state(state["rng"][name].cpu())  # CPU ByteTensors, even for CUDA
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"the checkpoint {ckpt_path} does not fit this model, its "
+                              f"optimizer or its random generators ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0][:120]}); {fix}") from None
     history = list(state["history"])
     sync_log(run_dir / LOG_NAME, history)  # a kill after the checkpoint may have lost a line
     return int(state["epoch"]), history

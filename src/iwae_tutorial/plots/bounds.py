@@ -148,7 +148,7 @@ def plot_gradient_check(names: Sequence[str], grads: Mapping[str, torch.Tensor],
                         ax: Axes | None = None) -> Axes:
     """Grouped bars: one group per parameter, one bar per way of computing the gradient
     (``colors``: one per entry of ``grads``, in order; default: the colour cycle)."""
-    ax = _ax(ax, figsize=(8, 3.5))
+    ax = _ax(ax, figsize=(7, 3.5))
     n, m = len(names), len(grads)
     width = 0.8 / m
     x = np.arange(n)

@@ -19,7 +19,7 @@ from . import style
 from ._util import get_axes
 from ._util import to_numpy as _np
 
-__all__ = ["plot_learned_densities", "plot_posterior_vs_q", "plot_decoder"]
+__all__ = ["plot_learned_densities", "plot_posterior_vs_q", "plot_decoder", "plot_bound_curves"]
 
 
 def plot_learned_densities(
@@ -100,4 +100,38 @@ def plot_decoder(
     ax.set_xlabel("z")
     ax.set_ylabel("x")
     ax.legend(fontsize=8)
+    return ax
+
+
+def plot_bound_curves(
+    curves: Mapping[str, Sequence[float]],
+    *,
+    window: int = 50,
+    ax: Axes | None = None,
+    title: str = "",
+) -> Axes:
+    """Each model's bound on its minibatches against the training step: the single values
+    faint, their running mean over ``window`` steps drawn thick (``curves = {label: [bound
+    per step]}``, e.g. from :func:`iwae_tutorial.train.train_step`). A label starting with a
+    model kind ("VAE", "IWAE (L_20)") gets its colour. The y range follows the running means.
+    """
+    ax = get_axes(ax, (7, 3.5))
+    lo, hi = np.inf, -np.inf
+    for label, values in curves.items():
+        v = np.asarray(values, dtype=float)
+        color = style.model_color(label)
+        steps = np.arange(1, len(v) + 1)
+        w = max(1, min(window, len(v)))
+        run = np.convolve(v, np.ones(w) / w, mode="valid")
+        ax.plot(steps, v, color=color, alpha=0.15, lw=0.5)
+        ax.plot(steps[w - 1:], run, color=color, lw=2, label=f"{label}, mean of {w} steps")
+        lo, hi = min(lo, float(run.min())), max(hi, float(run.max()))
+    if np.isfinite(lo) and hi > lo:
+        pad = 0.15 * (hi - lo)
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xlabel("training step (one minibatch each)")
+    ax.set_ylabel("bound on the minibatch (nats)")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
     return ax

@@ -17,7 +17,7 @@ from ..snr import fit_slope
 from . import style
 from ._util import finish, get_axes
 
-__all__ = ["plot_snr", "plot_values", "power_colors"]
+__all__ = ["plot_snr", "plot_snr_pair", "plot_values", "power_colors"]
 
 
 def plot_snr(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], ax: Axes | None = None,
@@ -55,6 +55,22 @@ def plot_snr(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], ax: Ax
     return finish(ax, "k (samples per data point)", "SNR = |E g| / std g", title)
 
 
+def plot_snr_pair(curves: Mapping[str, Mapping[str, tuple[Sequence[int], Sequence[float]]]],
+                  title: str | None = None, k_min: int = 10, floor: float = 0.0,
+                  figsize: tuple[float, float] = (7, 3.3)) -> Figure:
+    """The encoder's and the decoder's SNR side by side (:func:`plot_snr` each), sized for the
+    book's column. curves: {"encoder": {label: (ks, snr)}, "decoder": {...}}."""
+    fig, axes = plt.subplots(1, len(curves), figsize=figsize)
+    for ax, (net, c) in zip(np.atleast_1d(axes), curves.items()):
+        plot_snr(c, ax=ax, title=f"the {net}'s gradient", k_min=k_min, floor=floor)
+        ax.title.set_fontsize(10)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
 def power_colors(ps: Sequence[float]) -> dict[float, str]:
     """One colour per p of the power bounds: p = 0 is the VAE (its colour), p = 1 the IWAE
     (its colour); the others, in order, from the green-yellow end of the sequence colour map
@@ -77,7 +93,7 @@ def plot_values(labels: Sequence[str], values: Sequence[float], errors: Sequence
         ax.errorbar([i], [v], yerr=[e], fmt="o", color=c, capsize=4, ms=7)
     if reference is not None:
         ax.axhline(reference, color=style.REFERENCE, lw=0.8, ls=":")
-    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_xlim(-0.5, len(labels) - 0.5)
     ax.set_ylabel(ylabel)
     if title:
