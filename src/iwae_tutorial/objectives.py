@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from .bounds import elbo, iwae_bound, normalized_weights, power_bound
-from .models import IWAE
+from .models import IWAE, gaussian_log_prob
 
 __all__ = ["OBJECTIVES", "register", "loss", "loss_and_bound", "get_objective",
            "LOG_W_OBJECTIVES", "OPTIONS", "parse_objective", "objective_slug",
-           "log_w_objective", "samples_per_point", "miwae_bound", "ciwae_bound"]
+           "log_w_objective", "samples_per_point", "miwae_bound", "ciwae_bound", "rws_objective",
+           "log_q_at"]
 
 Objective = Callable[..., tuple[Tensor, Tensor]]
 OBJECTIVES: dict[str, Objective] = {}
@@ -205,6 +206,39 @@ def ciwae_objective(model: IWAE, x: Tensor, k: int, beta: float = 0.5,
     """
     b = ciwae_bound(model.log_weights(x, k, **kw), beta)
     return b, b
+
+
+def log_q_at(model: IWAE, x: Tensor, hs: Sequence[Tensor]) -> Tensor:
+    """log q(h_1 .. h_L | x) of given samples: the encoder's density evaluated at ``hs``, which
+    a gradient then reaches only through q's parameters (pass detached samples).
+
+    x: [batch, x_dim], hs: [[k, batch, d_l] per layer] -> [k, batch]
+    """
+    log_q = x.new_zeros(hs[0].shape[:2])
+    inp = x
+    for q, h in zip(model.encoder, hs):
+        mean, log_std = q(inp)  # q(h_l | h_{l-1}): [batch, d_l] or [k, batch, d_l]
+        log_q = log_q + gaussian_log_prob(h, mean, log_std)
+        inp = h
+    return log_q
+
+
+@register("rws")
+def rws_objective(model: IWAE, x: Tensor, k: int, **kw) -> tuple[Tensor, Tensor]:
+    """Reweighted wake-sleep (Bornschein & Bengio, 2015), wake phase for both networks:
+    decoder gradient sum_i w~_i grad log p(x, h_i) (the IWAE's), encoder gradient
+    sum_i w~_i grad log q(h_i | x) with the samples h_i held fixed (no reparameterisation).
+    The weights are constants; the bound reported is L_k.
+
+    x: [batch, x_dim] -> (surrogate, bound): [batch] each
+    """
+    hs, _ = model.sample_q(x, k, **kw)
+    hs = [h.detach() for h in hs]  # the samples: no gradient flows through them
+    log_p = model.log_joint(x, hs)  # [k, batch]; depends on the decoder only
+    log_q = log_q_at(model, x, hs)  # [k, batch]; depends on the encoder only
+    w = normalized_weights(log_p - log_q).detach()  # w~_i, constants
+    surrogate = (w * (log_p + log_q)).sum(0)
+    return surrogate, iwae_bound((log_p - log_q).detach())
 
 
 @register("piwae")

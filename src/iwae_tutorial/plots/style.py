@@ -7,8 +7,8 @@ One colour per kind of curve:
   k-sample ELBO is the VAE's objective, L_k the IWAE's); the other estimators of the
   gradient-estimator chapter have one colour each (:data:`STL`, :data:`DREG`, :data:`MIWAE`,
   :data:`CIWAE`, :data:`PIWAE`), the random-weights models two of their own (:data:`IWAER`,
-  :data:`IWAER_REC`); a family ordered by a number (the power bounds by p) takes
-  :data:`SEQUENCE_CMAP`;
+  :data:`IWAER_REC`), reweighted wake-sleep one (:data:`RWS`); a family ordered by a number
+  (the power bounds by p) takes :data:`SEQUENCE_CMAP`;
 - :data:`TRUTH` (black): what is known exactly: log p(x), the true density, the true
   posterior drawn as a line; :data:`TRUTH_FILL` (grey) the true posterior as a filled area;
 - :data:`POOR_Q` (red) and :data:`GOOD_Q` (green): the two hand-set recognition models of the
@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "VAE", "IWAE", "STL", "DREG", "MIWAE", "CIWAE", "PIWAE", "IWAER", "IWAER_REC",
+    "VAE", "IWAE", "STL", "DREG", "MIWAE", "CIWAE", "PIWAE", "IWAER", "IWAER_REC", "RWS",
     "MODEL_COLORS", "model_color",
     "TRUTH", "TRUTH_FILL", "POOR_Q", "GOOD_Q", "DATA", "REFERENCE", "ON_DARK", "OTHER", "CHECK",
     "HIGHLIGHT",
@@ -44,10 +44,12 @@ STL, DREG, MIWAE, CIWAE, PIWAE = "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#1
 #: the IWAE with random weights in both networks (IWAER) and in the recognition network only
 #: (IWAERrec): two darker shades of the IWAE's blue (tab20b)
 IWAER, IWAER_REC = "#393b79", "#6b6ecf"
+#: reweighted wake-sleep (Bornschein & Bengio, 2015): an olive green (tab20b)
+RWS = "#637939"
 #: one colour per model kind, keyed by the name the chapters give the models
 MODEL_COLORS: dict[str, str] = {"VAE": VAE, "IWAE": IWAE, "STL": STL, "DREG": DREG,
                                 "MIWAE": MIWAE, "CIWAE": CIWAE, "PIWAE": PIWAE,
-                                "IWAER": IWAER, "IWAERREC": IWAER_REC}
+                                "IWAER": IWAER, "IWAERREC": IWAER_REC, "RWS": RWS}
 
 #: exact quantities drawn as lines: log p(x), the true density, the true posterior
 TRUTH = "#000000"
