@@ -116,6 +116,8 @@ def test_stages_resumed_across_boundaries_equal_an_uninterrupted_run(tmp_path):
             assert a["nll"] == b["nll"] and a["train_bound"] == b["train_bound"]
             assert a["ll_per_image"] == b["ll_per_image"]
             assert a["active_units"] == b["active_units"]
+            assert a["gemm"] == b["gemm"] and a["gemm"]["eval"] in ("bmm", "onednn")
+            assert a["gemm"]["train"] in ("bmm", "onednn")  # the kernels, kept on resume
             ll = unpack_per_image(a["ll_per_image"])
             assert ll.shape == (6,) and abs(-ll.mean() - a["nll"]) < 5e-3
     # the IWAE with k = 1 is the VAE with k = 1, trained once

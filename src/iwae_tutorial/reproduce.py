@@ -424,6 +424,7 @@ def _score_stage(run: _Run, part: _Part, epochs: int) -> dict | None:
     """The members of ``part`` after ``epochs`` epochs: trained (or read back from their saved
     weights), scored by L_k on the test images and their active units counted.
     -> the stage's entry, or None when it stopped early (state saved)."""
+    from .checkpoints import load_tensors
     from .fleet import FLEET_CHECKPOINT
     from .runs import load_run
 
@@ -435,6 +436,7 @@ def _score_stage(run: _Run, part: _Part, epochs: int) -> dict | None:
         fleet, histories = trained
         fleet.save_members(stage_dir, part.configs, histories)
     loaded = [load_run(stage_dir / c.name) for c in part.configs]
+    trained_gemm = load_tensors(stage_dir / part.configs[0].name / "checkpoint.pt").get("gemm")
     models = [m.to(run.device).eval() for m, _, _ in loaded]
     histories = [h for _, _, h in loaded]
     if any(len(h) != epochs for h in histories):
@@ -460,6 +462,7 @@ def _score_stage(run: _Run, part: _Part, epochs: int) -> dict | None:
                     "eval_nll": float(evaluated["seconds"]),
                     "active_units": time.perf_counter() - t0},
         "weights": str(stage_dir),
+        "gemm": {"train": trained_gemm, "eval": evaluated["gemm"]},
         "checkpoint": str(part.run_dir(run) / FLEET_CHECKPOINT),
         "provenance": {**run.started, "date_utc": _now()},
     }
@@ -472,62 +475,19 @@ def _now() -> str:
 
 
 def _eval_stage(run: _Run, models: list, eval_path: Path, epochs: int) -> dict | None:
-    """L_k of every model on the first ``n_eval`` test images, in blocks, resumable from
-    ``eval_path``. -> {"ll": [M, n_eval] float64, "seconds": ...}, or None when it
-    stopped early (state saved)."""
-    import torch
-
-    from .checkpoints import load_tensors, save_tensors
-    from .evaluate import log_likelihood_many
+    """L_k of every model on the first ``n_eval`` test images (:mod:`.blockeval`: in blocks,
+    resumable from ``eval_path``), or None when it stopped early (state saved)."""
+    from .blockeval import evaluate_in_blocks
     from .experiments import eval_images
-    from .fleet import StopFlag
     from .seeding import stream_seed
 
-    x_eval = eval_images(run.ds, run.n_eval, run.eval_seed)
-    key = {**_done_key(run), "epochs": epochs, "models": len(models)}
-    noise_seed = stream_seed(run.eval_seed, "eval-noise")
-    gens = [torch.Generator(device=run.device).manual_seed(noise_seed) for _ in models]
-    state: dict[str, Any] = {"key": key, "done": 0, "seconds": 0.0,
-                             "ll": torch.full((len(models), run.n_eval), float("nan"),
-                                              dtype=torch.float64)}
-    if eval_path.exists():
-        saved = load_tensors(eval_path, what="saved evaluation",
-                             fix="delete it to redo the evaluation (the training is kept)")
-        if saved.get("key") == key:
-            state = saved
-            for g, s in zip(gens, saved["rng"]):
-                g.set_state(s)
-        else:
-            run.log("the saved evaluation used other settings; evaluating anew")
-    if state["done"] < run.n_eval:
-        run.log(f"evaluating L_{run.eval_k} after {epochs} epoch(s) on test images "
-                f"{state['done']}..{run.n_eval} ({len(models)} models at once)")
-    last_block_s, blocks = 0.0, 0
-    with StopFlag() as stop:
-        while state["done"] < run.n_eval:
-            rem = run.seconds_left()  # one block at least per call, as training does a step
-            if stop.requested or (blocks and rem is not None and rem < 1.25 * last_block_s + 5):
-                run.log(f"stopped the evaluation at {state['done']}/{run.n_eval} test images")
-                return None
-            b0, b1 = state["done"], min(state["done"] + run.eval_block, run.n_eval)
-            t0 = time.perf_counter()
-            ll = log_likelihood_many(models, x_eval, run.eval_k,
-                                     batch_size=run.eval_batch_size, generators=gens,
-                                     start=b0, stop=b1, gemm=run.gemm,
-                                     max_rows=400_000 if run.device.type == "cuda" else 8_000)
-            state["ll"][:, b0:b1] = ll[:, b0:b1]
-            last_block_s = time.perf_counter() - t0
-            state.update(done=b1, seconds=state["seconds"] + last_block_s,
-                         rng=[g.get_state() for g in gens])
-            blocks += 1
-            save_tensors(eval_path, state)
-            if run.progress:
-                run.log(f"  L_{run.eval_k}: {b1}/{run.n_eval} test images ({last_block_s:.1f} s "
-                        "for this block)")
-    if not torch.isfinite(state["ll"]).all():
-        raise ValueError(f"a model scored after {epochs} epochs has a non-finite L_k (NaN or "
-                         f"inf weights?); delete {eval_path.parent} to train that stage again")
-    return state
+    run.log(f"scoring the models after {epochs} epoch(s)")
+    return evaluate_in_blocks(
+        models, eval_images(run.ds, run.n_eval, run.eval_seed), run.eval_k, eval_path,
+        {**_done_key(run), "epochs": epochs, "models": len(models)},
+        noise_seed=stream_seed(run.eval_seed, "eval-noise"), batch_size=run.eval_batch_size,
+        block=run.eval_block, gemm=run.gemm, seconds_left=run.seconds_left, log=run.log,
+        progress=run.progress)
 
 
 def _records(run: _Run, part: _Part, entry: dict, with_per_image: bool) -> list[dict]:
@@ -560,7 +520,7 @@ def _records(run: _Run, part: _Part, entry: dict, with_per_image: bool) -> list[
             "active_units_n": entry["active_units_n"],
             "active_units_threshold": ACTIVE_UNITS_THRESHOLD,
         }
-        extra: dict[str, Any] = {"wall_time_s": entry["seconds"],
+        extra: dict[str, Any] = {"wall_time_s": entry["seconds"], "gemm": entry.get("gemm"),
                                  "run_dir": str(Path(entry["weights"]) / part.configs[i].name)}
         if twin_name is not None:
             extra["trained_as"] = twin_name

@@ -1,0 +1,95 @@
+"""L_k of many models on fixed images, in blocks, resumable: the scoring step of ``reproduce``.
+
+A long evaluation (L_5000 of several models on thousands of images) is cut into blocks of
+images; after each block the scores so far, the noise generators' states and the matrix-product
+kernel are saved, so a stopped run goes on from its last block with the same noise and the same
+kernel, and gives the scores an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .checkpoints import load_tensors, save_tensors
+from .evaluate import log_likelihood_many
+from .models import IWAE
+from .stacked import resolve_gemm
+from .stopping import StopFlag
+
+__all__ = ["evaluate_in_blocks"]
+
+
+def evaluate_in_blocks(
+    models: Sequence[IWAE],
+    x: Tensor,
+    k: int,
+    path: Path,
+    key: dict,
+    *,
+    noise_seed: int,
+    batch_size: int = 100,
+    block: int = 100,
+    gemm: str = "auto",
+    seconds_left: Callable[[], float | None] = lambda: None,
+    log: Callable[[str], None] = lambda msg: None,
+    progress: bool = False,
+) -> dict[str, Any] | None:
+    """L_k of every model on the images ``x: [n, x_dim]``, ``block`` images at a time, saved
+    to ``path`` after each block with ``key`` (what the scores depend on); a saved state with
+    the same key is resumed. Each model draws its noise from its own generator seeded
+    ``noise_seed``. At least one block is scored per call; then it stops (state saved) when
+    ``seconds_left()`` would not cover another block, or on SIGTERM/SIGINT.
+
+    -> {"ll": [len(models), n] float64, "seconds": float, "gemm": the kernel used}, or None
+    when it stopped early. A NaN or infinite score is a ValueError naming ``path``.
+    """
+    device = models[0].device
+    n = int(x.shape[0])
+    gens = [torch.Generator(device=device).manual_seed(noise_seed) for _ in models]
+    state: dict[str, Any] = {"key": key, "done": 0, "seconds": 0.0,
+                             "ll": torch.full((len(models), n), float("nan"),
+                                              dtype=torch.float64)}
+    if path.exists():
+        saved = load_tensors(path, what="saved evaluation",
+                             fix="delete it to redo the evaluation (the training is kept)")
+        if saved.get("key") == key:
+            state = saved
+            for g, s in zip(gens, saved["rng"]):
+                g.set_state(s)
+        else:
+            log("the saved evaluation used other settings; evaluating anew")
+    # the kernel is chosen once (timed when "auto") and kept for every block of this evaluation
+    state["gemm"] = state.get("gemm") or resolve_gemm(gemm, device, torch.float32)
+    if state["done"] < n:
+        log(f"evaluating L_{k} on images {state['done']}..{n} ({len(models)} models at once, "
+            f"gemm={state['gemm']})")
+    last_block_s, blocks = 0.0, 0
+    with StopFlag() as stop:
+        while state["done"] < n:
+            rem = seconds_left()  # one block at least per call, as training does a step
+            if stop.requested or (blocks and rem is not None and rem < 1.25 * last_block_s + 5):
+                log(f"stopped the evaluation at {state['done']}/{n} images")
+                return None
+            b0, b1 = state["done"], min(state["done"] + block, n)
+            t0 = time.perf_counter()
+            ll = log_likelihood_many(models, x, k, batch_size=batch_size, generators=gens,
+                                     start=b0, stop=b1, gemm=state["gemm"],
+                                     max_rows=400_000 if device.type == "cuda" else 8_000)
+            state["ll"][:, b0:b1] = ll[:, b0:b1]
+            last_block_s = time.perf_counter() - t0
+            state.update(done=b1, seconds=state["seconds"] + last_block_s,
+                         rng=[g.get_state() for g in gens])
+            blocks += 1
+            save_tensors(path, state)
+            if progress:
+                log(f"  L_{k}: {b1}/{n} images ({last_block_s:.1f} s for this block)")
+    if not torch.isfinite(state["ll"]).all():
+        raise ValueError(f"a model has a non-finite L_k (NaN or inf weights?); delete "
+                         f"{path.parent} to train and score it again")
+    return state
