@@ -74,6 +74,10 @@ def test_paper_differences_and_gaps_come_from_the_paper(tmp_path):
                                             - paper_numbers("mnist", "vae", 50, 1)["nll"])
     lo, hi = sw.gap_range(t, 1, 4)
     assert lo < hi and "| VAE 1L k = 50 | 4 |" in sw.gaps_markdown(t)
+    lo2, hi2 = sw.gap_range(t, 2, 4)  # each number of layers against its own paper numbers
+    assert (lo2, hi2) != (lo, hi)
+    assert f"{lo:.2f} to {hi:.2f}" in sw.verdict_markdown(t)
+    assert f"{lo2:.2f} to {hi2:.2f}" in sw.verdict_markdown(t)
 
 
 def test_a_file_that_is_not_stage_wise_is_refused_in_one_line(tmp_path):

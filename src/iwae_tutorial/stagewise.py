@@ -200,8 +200,7 @@ def verdict_markdown(result: dict[str, Any]) -> str:
         if e is None:
             continue
         cells = stage_cells(result, e)
-        gaps = [c["gap_to_paper_nll"] for c in cells.values()
-                if c.get("gap_to_paper_nll") is not None]
+        lo, hi = gap_range(result, layers, e)
         cl = claims(result, layers, e)
         ahead = [c for c in cl if c["claim"] == "iwae_beats_vae"]
         more = [c for c in cl if c["claim"] == "more_samples_help"]
@@ -222,7 +221,7 @@ def verdict_markdown(result: dict[str, Any]) -> str:
             f"- **{_layers_text(layers)}, after {e} of {result['protocol']['paper_epochs']:,} "
             f"epochs**: {'; '.join(parts)}. More samples lower the test NLL in {n_more} of "
             f"{len(more)} paired comparisons (k = 1 to 5 and 5 to 50, both models). The cells "
-            f"are {min(gaps):.2f} to {max(gaps):.2f} nats above the paper's numbers. {units}")
+            f"are {lo:.2f} to {hi:.2f} nats above the paper's numbers. {units}")
     head = ("**Where the reproduction stands.** Each difference is IWAE minus VAE test NLL, "
             "paired over the same test images, with its 95% interval; negative means the "
             "IWAE is better.")
