@@ -682,3 +682,26 @@ def test_evaluate_takes_the_run_lock(camel_run, capsys):
         holder.wait()
     assert cli.main(["evaluate", "--run", str(camel_run), "--k", "5", "--n", "10",
                      "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("change", [{"done": "x"}, {"done": 10**6}, {"ll": "scores"},
+                                    {"rng": []}, {"gemm": "bogus"}])
+def test_a_tampered_block_evaluation_is_one_line(tmp_path, change):
+    """reproduce's resumable evaluation state with a wrong type or size: one line naming the
+    file and the fix, status 2 (not a traceback)."""
+    from iwae_tutorial import cli
+    from iwae_tutorial import reproduce as rp
+    from iwae_tutorial.checkpoints import CheckpointError, load_tensors, save_tensors
+
+    kw = dict(run_root=tmp_path / "runs", results_dir=tmp_path / "res", device="cpu",
+              progress=False, ds=tiny_dataset(), eval_block=3)
+    path = tmp_path / "runs" / "mnist-smoke" / "1L" / "stages" / "epoch-0001" / "eval.pt"
+    for _ in range(5):
+        rp.reproduce("mnist", TINY, max_minutes=1e-9, **kw)
+        if path.exists():
+            break
+    save_tensors(path, {**load_tensors(path), **change})
+    with pytest.raises(CheckpointError) as err:
+        rp.reproduce("mnist", TINY, **kw)
+    msg = cli.user_error(err.value, "reproduce")
+    assert str(path) in msg and "delete it" in msg and "\n" not in msg

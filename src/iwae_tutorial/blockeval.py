@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoints import load_tensors, save_tensors
+from .checkpoints import CheckpointError, load_tensors, save_tensors
 from .evaluate import log_likelihood_many
 from .models import IWAE
 from .stacked import resolve_gemm
@@ -59,6 +59,7 @@ def evaluate_in_blocks(
         saved = load_tensors(path, what="saved evaluation",
                              fix="delete it to redo the evaluation (the training is kept)")
         if saved.get("key") == key:
+            _check_saved(saved, len(models), n, path)
             state = saved
             for g, s in zip(gens, saved["rng"]):
                 g.set_state(s)
@@ -93,3 +94,20 @@ def evaluate_in_blocks(
         raise ValueError(f"a model has a non-finite L_k (NaN or inf weights?); delete "
                          f"{path.parent} to train and score it again")
     return state
+
+
+def _check_saved(saved: dict, m: int, n: int, path: Path) -> None:
+    """A saved evaluation holds what :func:`evaluate_in_blocks` wrote: ``done`` images in
+    [0, n], scores ``ll: [m, n]`` float64, ``m`` generator states, the seconds and the kernel;
+    else a CheckpointError naming ``path`` and the fix (one line)."""
+    done, ll, rng = saved.get("done"), saved.get("ll"), saved.get("rng")
+    ok = (isinstance(done, int) and not isinstance(done, bool) and 0 <= done <= n
+          and isinstance(ll, Tensor) and tuple(ll.shape) == (m, n) and ll.dtype == torch.float64
+          and isinstance(rng, list) and len(rng) == m
+          and all(isinstance(r, Tensor) and r.dtype == torch.uint8 for r in rng)
+          and isinstance(saved.get("seconds"), (int, float))
+          and saved.get("gemm") in (None, "bmm", "onednn"))
+    if not ok or (done and not torch.isfinite(ll[:, :done]).all()):
+        raise CheckpointError(f"the saved evaluation {path} is damaged (its progress, scores or "
+                              "generator states are not what the evaluation wrote); delete it "
+                              "to redo the evaluation (the training is kept)")
