@@ -61,3 +61,16 @@ def log_px(x: torch.Tensor) -> torch.Tensor:
     # written out here, independently of the package: p(x) = N(b, a^2 + s^2)
     var = LG.a**2 + LG.s**2
     return (-0.5 * (x - LG.b) ** 2 / var - 0.5 * math.log(2 * math.pi * var)).squeeze(-1)
+
+
+def one_line_error(capsys, code: int, *fragments: str) -> str:
+    """Exit status 2 and one error line (the last line of stderr, after any progress lines)
+    holding ``fragments``."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if ": error: " in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == lines[0], err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, grey, seeded_model, tiny_dataset
+from helpers import TINY, grey, one_line_error, seeded_model, tiny_dataset
 
 from iwae_tutorial import cli
 from iwae_tutorial import reproduce as rp
@@ -44,16 +44,6 @@ def small_model(seed: int = 0) -> IWAE:
     return seeded_model([(16, 4)], seed)
 
 
-def one_line_error(capsys, code: int, *fragments: str) -> str:
-    """Exit status 2 and one error line (after any progress lines) holding ``fragments``."""
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if ": error: " in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1] == lines[0], err
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture

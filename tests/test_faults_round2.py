@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, grey, tiny_dataset
+from helpers import TINY, grey, one_line_error, tiny_dataset
 
 from iwae_tutorial import cli
 from iwae_tutorial import reproduce as rp
@@ -46,16 +46,6 @@ CAMEL = ["--dataset", "camel", "--layers", "8,1", "--n-train", "200", "--k", "2"
 N, BATCH, K = 100, 20, 3
 
 
-def one_line_error(capsys, code: int, *fragments: str) -> str:
-    """Exit status 2 and one error line (the last line of stderr) holding ``fragments``."""
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = [line for line in err.strip().splitlines() if ": error: " in line]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert err.strip().splitlines()[-1] == lines[0], err
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
