@@ -44,8 +44,6 @@ def small_model(seed: int = 0) -> IWAE:
     return seeded_model([(16, 4)], seed)
 
 
-
-
 @pytest.fixture
 def camel_run(tmp_path, capsys):
     """A trained 1-epoch camel run directory (train --out DIR)."""

@@ -46,8 +46,6 @@ CAMEL = ["--dataset", "camel", "--layers", "8,1", "--n-train", "200", "--k", "2"
 N, BATCH, K = 100, 20, 3
 
 
-
-
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (but the lock), byte for byte."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
