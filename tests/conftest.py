@@ -31,3 +31,16 @@ def isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
     monkeypatch.setattr(data_files, "_urlopen", no_network)
     return cache
+
+
+@pytest.fixture
+def camel_run(tmp_path, capsys):
+    """A trained 1-epoch camel run directory (train --out DIR)."""
+    out = tmp_path / "run"
+    from helpers import CAMEL
+
+    from iwae_tutorial import cli
+
+    assert cli.main(["train", *CAMEL, "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    return out

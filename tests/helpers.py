@@ -74,3 +74,8 @@ def one_line_error(capsys, code: int, *fragments: str) -> str:
     for f in fragments:
         assert f in lines[0], lines[0]
     return lines[0]
+
+
+#: a small, fast camel run on the command line (the fault tests train and break it)
+CAMEL = ["--dataset", "camel", "--layers", "8,1", "--n-train", "200", "--k", "2",
+         "--eval-k", "10", "--eval-n", "20", "--no-progress"]

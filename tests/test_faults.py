@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, grey, one_line_error, seeded_model, tiny_dataset
+from helpers import CAMEL, TINY, grey, one_line_error, seeded_model, tiny_dataset
 
 from iwae_tutorial import cli
 from iwae_tutorial import reproduce as rp
@@ -36,21 +36,10 @@ from iwae_tutorial.train import CHECKPOINT_NAME, TrainingDivergedError, fit, loa
 
 N, BATCH, K = 100, 20, 3
 STEPS = N // BATCH
-CAMEL = ["--dataset", "camel", "--layers", "8,1", "--n-train", "200", "--k", "2",
-         "--eval-k", "10", "--eval-n", "20", "--no-progress"]
 
 
 def small_model(seed: int = 0) -> IWAE:
     return seeded_model([(16, 4)], seed)
-
-
-@pytest.fixture
-def camel_run(tmp_path, capsys):
-    """A trained 1-epoch camel run directory (train --out DIR)."""
-    out = tmp_path / "run"
-    assert cli.main(["train", *CAMEL, "--epochs", "1", "--out", str(out)]) == 0
-    capsys.readouterr()
-    return out
 
 
 class Planted:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, grey, one_line_error, tiny_dataset
+from helpers import CAMEL, TINY, grey, one_line_error, tiny_dataset
 
 from iwae_tutorial import cli
 from iwae_tutorial import reproduce as rp
@@ -41,8 +41,6 @@ from iwae_tutorial.results import check_finite_scores, find_results
 from iwae_tutorial.runs import CHECKPOINT_NAME, check_run_data, load_or_train, read_run
 from iwae_tutorial.stacked import onednn_available
 
-CAMEL = ["--dataset", "camel", "--layers", "8,1", "--n-train", "200", "--k", "2",
-         "--eval-k", "10", "--eval-n", "20", "--no-progress"]
 N, BATCH, K = 100, 20, 3
 
 
@@ -50,15 +48,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (but the lock), byte for byte."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
             if p.is_file() and not p.is_symlink() and p.name != ".lock"}
-
-
-@pytest.fixture
-def camel_run(tmp_path, capsys):
-    """A trained 1-epoch camel run directory (train --out DIR)."""
-    out = tmp_path / "run"
-    assert cli.main(["train", *CAMEL, "--epochs", "1", "--out", str(out)]) == 0
-    capsys.readouterr()
-    return out
 
 
 def small_fleet(gemm: str = "auto") -> Fleet:
