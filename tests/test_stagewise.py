@@ -62,6 +62,11 @@ def test_verdicts_follow_the_95_percent_interval(tmp_path, shift, verdict):
     assert got == {5: verdict, 50: verdict}
     text = sw.verdict_markdown(t)
     assert text.startswith("> ") and "after 4 of 3,280 epochs" in text
+    table = sw.differences_markdown(t)
+    lines = table.splitlines()
+    assert len(lines) == 2 + 2 * 2 * 2  # header, then layers x stages x k
+    assert any(row.startswith("| 1 | 4 | 50 |") and row.endswith(f"| {verdict} |")
+               for row in lines)
     more = [c for c in sw.claims(t, 2) if c["claim"] == "more_samples_help"]
     assert len(more) == 4 and all(c["verdict"] == "holds" for c in more if c["objective"] ==
                                   "vae")

@@ -32,7 +32,7 @@ __all__ = ["Z95", "Cell", "load_stagewise", "find_stagewise", "stage_epochs", "s
            "per_image_nll", "paired_gap", "claims", "verdict_markdown", "gaps_markdown",
            "stage_table_markdown", "series", "epochs_text", "gap_range", "convergence_markdown",
            "UNDECIDED", "undecided_units", "units_markdown", "seconds_per_epoch",
-           "stages_markdown"]
+           "stages_markdown", "differences_markdown"]
 
 #: the normal quantile of a two-sided 95% interval
 Z95 = 1.959964
@@ -357,4 +357,19 @@ def stages_markdown(result: dict[str, Any]) -> str:
                 rows.append(f"| {name} | " + " | ".join(
                     f"{recs[e]['nll']:.2f}" if e in recs else "–" for e in epochs)
                     + f" | {paper:.2f} |")
+    return "\n".join(rows)
+
+
+def differences_markdown(result: dict[str, Any]) -> str:
+    """IWAE - VAE test NLL at k = 5 and 50 after every scored stage, paired, with its 95%
+    interval, the paper's difference and the verdict (Markdown table)."""
+    rows = ["| layers | epochs | k | IWAE − VAE (95% interval) | the paper | verdict |",
+            "|---|---|---|---|---|---|"]
+    for layers in (1, 2):
+        for e in stage_epochs(result):
+            if ("iwae", layers, 50) not in stage_cells(result, e):
+                continue
+            rows += [f"| {layers} | {e} | {c['k']} | {_pm(c['diff'], c['se'])} | "
+                     f"{c['paper_diff']:+.2f} | {c['verdict']} |"
+                     for c in claims(result, layers, e) if c["claim"] == "iwae_beats_vae"]
     return "\n".join(rows)
