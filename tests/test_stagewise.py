@@ -62,8 +62,8 @@ def test_verdicts_follow_the_95_percent_interval(tmp_path, shift, verdict):
     assert got == {5: verdict, 50: verdict}
     text = sw.verdict_markdown(t)
     assert text.startswith("> ") and "after 4 of 3,280 epochs" in text
-    table = sw.differences_markdown(t)
-    lines = table.splitlines()
+    diffs = sw.differences_markdown(t)
+    lines = diffs.splitlines()
     assert len(lines) == 2 + 2 * 2 * 2  # header, then layers x stages x k
     assert any(row.startswith("| 1 | 4 | 50 |") and row.endswith(f"| {verdict} |")
                for row in lines)
