@@ -160,22 +160,59 @@ def model_flops_per_step(layers: list[list[int]], k: int, batch: int = BATCH) ->
     return 2.0 * 3.0 * macs
 
 
-def time_fast(cfgs, device, bias, batch: int, steps: int, peak: float) -> dict:
+def ops_per_step(cfgs, device, bias, batch: int, noise: str) -> dict:
+    """The aten operations one fast step dispatches (forward, backward, Adam, noise), counted
+    by a TorchDispatchMode on an eager step: a device-independent proxy for kernel launches."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from iwae_tutorial.fast import _Steps
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+            self.rng = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += 1
+            name = str(func)
+            if any(w in name for w in ("rand", "normal", "bernoulli", "bitwise", "rshift",
+                                       "lshift", "__xor__", "__and__", "__or__")):
+                self.rng += 1
+            return func(*args, **(kwargs or {}))
+
+    members = [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs]
+    fl = Fleet(build_models(cfgs, device, bias), members)
+    x = torch.rand(batch * 2, X_DIM, generator=torch.Generator().manual_seed(1)).to(device)
+    opt = fl._make_optimizer(1e-3, graph=False)
+    steps = _Steps(fl, opt, x, batch, True, 1, False, noise)
+    steps.new_epoch(0, 2)
+    steps.one_step()  # Adam's state exists from here on
+    with Count() as c:
+        steps.one_step()
+    return {"aten_ops": c.n, "noise_and_hash_ops": c.rng}
+
+
+def time_fast(cfgs, device, bias, batch: int, steps: int, peak: float,
+              noise: str = "counter") -> dict:
     """ms per step of the fast trainer with all 12 at ``batch`` (two timed epochs of ``steps``
     steps after a warm-up epoch, which includes the CUDA-graph capture), and the projected
-    hours of the full table at that batch."""
+    hours of the full table at that batch; ``noise``: the fast trainer's noise source."""
     from iwae_tutorial.fast import fit_fast, projected_hours
 
     members = [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs]
     fl = Fleet(build_models(cfgs, device, bias), members)
     x = torch.rand(batch * steps, X_DIM, generator=torch.Generator().manual_seed(1))
-    fit_fast(fl, x[: batch * min(steps, 20)], epochs=1, batch_size=batch, progress=False)
+    fit_fast(fl, x[: batch * min(steps, 20)], epochs=1, batch_size=batch, progress=False,
+             noise=noise)
     with Timer(device) as t:
-        res = fit_fast(fl, x, epochs=2, batch_size=batch, progress=False)
+        res = fit_fast(fl, x, epochs=2, batch_size=batch, progress=False, noise=noise)
     ms = 1e3 * min(h["seconds"] for h in res.history[0]) / steps
     flops = sum(model_flops_per_step(c.layers, c.k, batch) for c in cfgs)
-    print(f"fast trainer, batch {batch}: {ms:.3f} ms per step of all 12", flush=True)
-    return {"batch_size": batch, "ms_per_fleet_step": ms,
+    print(f"fast trainer ({noise} noise), batch {batch}: {ms:.3f} ms per step of all 12",
+          flush=True)
+    return {"batch_size": batch, "noise": noise, "ms_per_fleet_step": ms,
+            **ops_per_step(cfgs, device, bias, batch, noise),
             "cpu_ms_per_fleet_step": 1e3 * t.cpu / (2 * steps),
             "projected_full_table_hours": projected_hours(ms, batch),
             "fraction_of_peak": flops / (ms / 1e3) / peak,
@@ -207,6 +244,9 @@ def main(argv=None) -> dict:
                         "none on the CPU)")
     p.add_argument("--fast-steps", type=int, default=100,
                    help="steps per timed epoch of the fast trainer (default 100)")
+    p.add_argument("--fast-noise", nargs="+", default=["counter", "device"],
+                   choices=("counter", "device"),
+                   help="the fast trainer's noise sources to time (default both)")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="also write the JSON result to FILE")
     args = p.parse_args(argv)
@@ -314,8 +354,9 @@ def main(argv=None) -> dict:
     fast_batches = args.fast_batches if args.fast_batches is not None else (
         [20, 500] if device.type == "cuda" else [])
     if fast_batches:
-        result["fast"] = {str(b): time_fast(cfgs, device, bias, b, args.fast_steps, peak["peak"])
-                          for b in fast_batches}
+        result["fast"] = {f"{b}-{src}" if src != "counter" else str(b):
+                          time_fast(cfgs, device, bias, b, args.fast_steps, peak["peak"], src)
+                          for b in fast_batches for src in args.fast_noise}
         for entry in result["fast"].values():  # per image, vs the plain loops at batch 20
             entry["speedup_vs_plain_per_image"] = (
                 plain_step / BATCH) / (entry["ms_per_fleet_step"] / 1e3 / entry["batch_size"])

@@ -4,9 +4,11 @@
    same models trained alone by ``fit``, a few steps (float32; equal up to rounding);
 2. fused evaluation == reference: ``evaluate.log_likelihood`` with ``kernel="fused"`` against
    ``kernel="reference"`` (same noise);
-3. fast trainer, graph == eager: ``fast.fit_fast`` with and without the CUDA graph (same
-   counter-based noise, so equal up to rounding; on the CPU the graph half is skipped);
-4. counter-based noise is the same on the device as on the CPU (integer hashing: bit for bit).
+3. fast trainer, graph == eager: ``fast.fit_fast`` with and without the CUDA graph, for both
+   noise sources (same numbers, so equal up to rounding; on the CPU it is skipped);
+4. counter-based noise is the same on the device as on the CPU (integer hashing: bit for bit);
+5. the fast trainer with the device generator's noise, stopped and resumed, equals the run in
+   one go (the generator's state travels with the run).
 
 Writes one JSON object (``--out``) and exits 1 when a check fails. ``--device cpu`` runs the
 same code on the CPU (the dry run of ``scripts/gpu_job.sh``). Needs only torch and the package
@@ -83,11 +85,47 @@ def check_fast_graph_vs_eager(device: torch.device) -> dict:
             models.append(IWAE(784, c.layers).to(device))
         return Fleet(models, [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs])
 
+    out: dict = {"ok": True}
+    for source in ("counter", "device"):  # the device generator: graph-safe Philox
+        a, b = fleet(), fleet()
+        fit_fast(a, x, epochs=2, batch_size=20, cuda_graph=True, block=5, progress=False,
+                 noise=source)
+        fit_fast(b, x, epochs=2, batch_size=20, cuda_graph=False, progress=False, noise=source)
+        d = max(_max_diff(a.state_dict_of(i), b.state_dict_of(i)) for i in range(len(cfgs)))
+        out[f"max_param_diff_{source}"] = d
+        out["ok"] = out["ok"] and d < 1e-3
+    return out
+
+
+def check_fast_resume_on_device(device: torch.device) -> dict:
+    """Stopped after epoch 1 and resumed (device-generator noise, CUDA graph, state saved and
+    read back) == two epochs in one go, up to rounding."""
+    import tempfile
+
+    from iwae_tutorial.fast import fit_fast
+    from iwae_tutorial.fleet import Fleet, FleetMember, table1_configs
+    from iwae_tutorial.models import IWAE
+
+    cfgs = table1_configs("mnist", epochs=1)[:3]
+    x = torch.rand(200, 784, generator=torch.Generator().manual_seed(3))
+
+    def fleet():
+        models = []
+        for c in cfgs:
+            torch.manual_seed(c.seed)
+            models.append(IWAE(784, c.layers).to(device))
+        return Fleet(models, [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs])
+
     a, b = fleet(), fleet()
-    fit_fast(a, x, epochs=2, batch_size=20, cuda_graph=True, block=5, progress=False)
-    fit_fast(b, x, epochs=2, batch_size=20, cuda_graph=False, progress=False)
-    d = max(_max_diff(a.state_dict_of(i), b.state_dict_of(i)) for i in range(len(cfgs)))
-    return {"max_param_diff": d, "ok": d < 1e-3}
+    fit_fast(a, x, epochs=2, batch_size=20, progress=False, noise="device")
+    with tempfile.TemporaryDirectory() as tmp:
+        first = fit_fast(b, x, epochs=2, batch_size=20, progress=False, noise="device",
+                         run_dir=tmp, max_seconds=0.0, handle_signals=False)
+        b2 = fleet()
+        fit_fast(b2, x, epochs=2, batch_size=20, progress=False, noise="device", run_dir=tmp,
+                 handle_signals=False)
+    d = max(_max_diff(a.state_dict_of(i), b2.state_dict_of(i)) for i in range(len(cfgs)))
+    return {"stopped_after": first.epochs_done, "max_param_diff": d, "ok": d < 1e-3}
 
 
 def check_noise_portable(device: torch.device) -> dict:
@@ -101,6 +139,7 @@ def check_noise_portable(device: torch.device) -> dict:
 
 CHECKS = {"fleet_vs_fit": check_fleet_vs_fit, "fused_eval_vs_reference": check_fused_eval,
           "fast_graph_vs_eager": check_fast_graph_vs_eager,
+          "fast_resume_device_noise": check_fast_resume_on_device,
           "noise_same_on_device": check_noise_portable}
 
 

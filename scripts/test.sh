@@ -35,7 +35,7 @@ for d in src tests benchmarks scripts; do [ -d "$d" ] && LINT_PATHS+=("$d"); don
 step "ruff" "$PY" -m ruff check "${LINT_PATHS[@]}"
 
 # 2. unit tests (the browser test, which builds the book, is step 4)
-step "pytest" "$PY" -m pytest tests -q -m "not browser"
+step "pytest" "$PY" -m pytest tests -q -m "not browser and not gpujob"
 
 # 3. notebooks, executed with the smoke profile (outputs compared leniently)
 shopt -s nullglob
@@ -57,8 +57,9 @@ else
   record "nbval" 0 "skipped (no notebooks/*.ipynb)"
 fi
 
-# 4. the device job's dry run: the same steps as on a GPU, on the CPU with a tiny budget
-step "gpu-job-dry-run" env OUT="$ROOT/artifacts/gpu-job-dry-run" bash scripts/gpu_job.sh --dry-run
+# 4. the device job's dry run: the same steps as on a GPU, on the CPU with a tiny budget,
+#    killed half way by SIGTERM, then continued from what it left in $OUT
+step "gpu-job-dry-run" "$PY" -m pytest tests/test_gpu_job.py -q -m gpujob
 
 # 5. the book, built with the smoke profile and opened page by page in headless Chromium
 #    (screenshots in artifacts/screenshots/); installs chromium + chromium-driver if missing

@@ -220,6 +220,15 @@ def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=_positive_float, default=None, metavar="M",
                    help="stop cleanly (checkpointed) before M minutes of wall time; run the "
                         "same command again to continue")
+    p.add_argument("--until-epochs", type=_positive_int, default=None, metavar="E",
+                   help="score the stages that end by epoch E, then stop (exit status "
+                        f"{EXIT_NOT_FINISHED}; the same command without it goes on)")
+    p.add_argument("--whole-stages", action="store_true",
+                   help="with --max-minutes: do not start a stage that the time left cannot "
+                        "train and score (judged from the measured seconds per epoch)")
+    p.add_argument("--epoch-seconds-hint", type=_positive_float, default=None, metavar="S",
+                   help="seconds per epoch of one fleet, for --whole-stages before any epoch "
+                        "is measured (e.g. from benchmarks/train_throughput.py)")
     p.add_argument("--seed", type=_seed, default=0,
                    help="seed of every configuration (default 0)")
     p.add_argument("--eval-k", type=_positive_int, default=None, metavar="K",
@@ -243,10 +252,11 @@ def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
                    help="minibatch of every configuration (default 20, the paper's); a larger "
                         "one scales the paper's learning rates by sqrt(B / 20) and is named in "
                         "the result file's protocol and name (-bB)")
-    p.add_argument("--trainer", choices=("exact", "fast"), default="exact",
+    p.add_argument("--trainer", choices=("exact", "fast", "fast-device"), default="exact",
                    help="exact (default): each member's noise from its own generator, equal to "
                         "training it alone; fast: counter-based noise and CUDA-graph blocks of "
-                        "steps (iwae_tutorial.fast), for GPUs (named -fast)")
+                        "steps (iwae_tutorial.fast), for GPUs (named -fast); fast-device: the "
+                        "same with the device's generator, fewer kernels (named -fast-device)")
     p.add_argument("--tf32", action="store_true",
                    help="TF32 matrix products on CUDA (named -tf32)")
     p.add_argument("--gemm", choices=("auto", "onednn", "bmm"), default="auto",
@@ -564,6 +574,8 @@ def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
         data_dir=args.data_dir,
         download=not args.no_download, progress=not args.no_progress,
         batch_size=args.batch_size, trainer=args.trainer, tf32=args.tf32, force=args.force,
+        until_epochs=args.until_epochs, whole_stages=args.whole_stages,
+        epoch_seconds_hint=args.epoch_seconds_hint,
         command=["python", "-m", "iwae_tutorial", *argv])
     if status == "done":
         print(f"wrote {path}")

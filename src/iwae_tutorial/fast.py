@@ -29,16 +29,41 @@ device command and is carried into the next one.
 The noise differs from ``torch.randn``'s, so the fast path matches the exact path in
 distribution, not sample by sample: ``tests/test_fast.py`` checks that a short run reaches the
 exact path's test NLL within Monte Carlo error.
+
+Two sources of noise (``noise=``):
+
+- ``"counter"`` (the reference, the default): the hash above. A member's numbers depend on its
+  seed only. It costs ~10 integer operations per random number: most of a GPU step's kernels.
+- ``"device"``: ``torch.rand``/``torch.randn`` on the device's generator, one kernel per draw
+  for a whole group (on CUDA the default generator, whose Philox offset advances at each graph
+  replay, so it is safe inside a CUDA graph). The members share one generator, seeded by
+  ``stream_seed(first member's seed, "device-noise")``; its state is saved with the run.
+  ``tests/test_fast.py`` checks on the CPU that both sources give the same distributions and
+  that a run resumed on either equals the uninterrupted one.
+
+A member whose bound or parameters become NaN or infinite is **frozen** (``freeze_diverged``,
+the default): its weights go back to where they were at the start of that epoch, its Adam
+moments to zero and its gradients are masked from then on, so it stops changing; its history
+says ``"frozen": true`` from that epoch on (``train_bound`` repeats its last finite epoch) and
+:attr:`FastResult.frozen` names it. The other members train on. Only when every member has
+diverged is it an error.
+
+The state can keep Adam's moments in bfloat16 (``moments="bfloat16"``; parameters stay as
+they are): 8 bytes per parameter instead of 12, so the twelve models' state travels with a
+device command. A run resumed from it is not bit-for-bit the uninterrupted run (the moments are
+rounded to 8 bits of mantissa once); ``tests/test_fast.py`` measures how far it moves.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -56,12 +81,17 @@ from .checkpoints import (
 from .fleet import StopFlag, _group_loss, _set_lr
 from .integrity import check_histories
 from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
+from .seeding import stream_seed
 from .train import TrainingDivergedError, check_resumable, data_digest
 
-__all__ = ["fit_fast", "FastResult", "STATE_DIR", "projected_hours"]
+__all__ = ["fit_fast", "FastResult", "STATE_DIR", "NOISE_SOURCES", "MOMENT_DTYPES",
+           "projected_hours"]
 
 STATE_DIR = "fast-state"  # the sharded checkpoint's folder inside run_dir
 _LAYERS_MAX = 16  # noise counters: global step * 16 + stochastic layer
+NOISE_SOURCES = ("counter", "device")
+#: how Adam's moments are stored in the saved state ("exact": as trained; parameters always are)
+MOMENT_DTYPES = {"exact": None, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -72,20 +102,95 @@ class FastResult:
     finished: bool
     epochs_done: int
     seconds: float
+    frozen: dict[str, int] | None = None  # member -> the epoch in which it diverged
+
+
+class _CounterNoise:
+    """The reference noise: :mod:`iwae_tutorial.noise`, a hash of (member seed, step, element).
+    ``seeds: [M]`` in the fleet's internal order, ``group_seeds``: their split by group."""
+
+    kind = "counter"
+
+    def __init__(self, seeds: Tensor, group_sizes: list[int]):
+        self.seeds, self.group_seeds = seeds, list(seeds.split(group_sizes))
+
+    def order(self, epoch: int, n: int) -> Tensor:  # [M, n]
+        return noise.permutation(self.seeds, epoch, n)
+
+    def binarize(self, x: Tensor, gstep: Tensor) -> Tensor:  # x: [M, B, D]
+        return noise.bernoulli(x, self.seeds, gstep)
+
+    def normal(self, group: int, level: int, shape: tuple[int, ...], dtype: torch.dtype,
+               gstep: Tensor) -> Tensor:  # [M_g, *shape]
+        return noise.normal(self.group_seeds[group], "noise", gstep * _LAYERS_MAX + level,
+                            shape, dtype)
+
+    def state(self) -> Tensor | None:
+        return None  # a function of the step: nothing to save
+
+    def load_state(self, state: Tensor | None) -> None:
+        pass
+
+
+class _DeviceNoise:
+    """``torch.rand``/``randn`` on the device's generator: one kernel per draw and group.
+    On CUDA the default generator (graph-safe), on the CPU a generator of its own."""
+
+    kind = "device"
+
+    def __init__(self, seed: int, device: torch.device, group_sizes: list[int]):
+        self.device, self.group_sizes = device, group_sizes
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            self.gen = torch.cuda.default_generators[index]
+            self.draw_gen = None  # the default generator, as CUDA graphs want it
+        else:
+            self.gen = self.draw_gen = torch.Generator(device)
+        self.gen.manual_seed(seed)
+
+    def order(self, epoch: int, n: int) -> Tensor:  # [M, n]; outside any graph
+        return torch.stack([torch.randperm(n, generator=self.draw_gen, device=self.device)
+                            for _ in range(sum(self.group_sizes))])
+
+    def binarize(self, x: Tensor, gstep: Tensor) -> Tensor:
+        u = torch.rand(x.shape, generator=self.draw_gen, device=x.device)
+        return (u < x).to(x.dtype)
+
+    def normal(self, group: int, level: int, shape: tuple[int, ...], dtype: torch.dtype,
+               gstep: Tensor) -> Tensor:
+        return torch.randn((self.group_sizes[group], *shape), generator=self.draw_gen,
+                           device=self.device, dtype=dtype)
+
+    def state(self) -> Tensor:
+        return self.gen.get_state()
+
+    def load_state(self, state: Tensor | None) -> None:
+        if not (isinstance(state, Tensor) and state.dtype == torch.uint8):
+            raise CheckpointError("the saved state lacks the device generator's state")
+        self.gen.set_state(state)
 
 
 class _Steps:
     """The fast step's static buffers and counters, and ``block`` steps run (or replayed)."""
 
     def __init__(self, fleet, opt: torch.optim.Optimizer, x_train: Tensor, batch_size: int,
-                 binarize: bool, block: int, use_graph: bool):
+                 binarize: bool, block: int, use_graph: bool, source: str = "counter"):
         self.fleet, self.opt, self.x_train = fleet, opt, x_train
         self.B, self.binarize, self.block = batch_size, binarize, block
+        self.use_graph = use_graph
         dev = fleet.device
         M, n = len(fleet), x_train.shape[0]
         order = fleet.order  # internal order: groups contiguous
-        self.seeds = noise.seed_tensor([fleet.members[i].seed for i in order], dev)
-        self.group_seeds = list(self.seeds.split([g.size for g in fleet.groups]))
+        sizes = [g.size for g in fleet.groups]
+        if source == "counter":
+            self.noise = _CounterNoise(
+                noise.seed_tensor([fleet.members[i].seed for i in order], dev), sizes)
+        else:
+            self.noise = _DeviceNoise(stream_seed(fleet.members[0].seed, "device-noise"), dev,
+                                      sizes)
+        self.alive = torch.ones(M, dtype=torch.bool, device=dev)  # False: frozen
+        self.alive_g = list(self.alive.split(sizes))
+        self.masked = False  # gradients of frozen members masked (once one is frozen)
         self.step_t = torch.zeros((), dtype=torch.int64, device=dev)  # step within the epoch
         self.gstep_t = torch.zeros((), dtype=torch.int64, device=dev)  # global step
         self.orders = torch.zeros(M, n, dtype=torch.int64, device=dev)
@@ -96,7 +201,7 @@ class _Steps:
 
     def new_epoch(self, epoch: int, steps_per_epoch: int) -> None:
         """The epoch's data orders (on the device) and fresh sums; counters set from epoch."""
-        self.orders.copy_(noise.permutation(self.seeds, epoch, self.x_train.shape[0]))
+        self.orders.copy_(self.noise.order(epoch, self.x_train.shape[0]))
         self.bound_sum.zero_()
         self.first_bad.fill_(-1)
         self.step_t.zero_()
@@ -108,20 +213,24 @@ class _Steps:
         idx = self.orders.index_select(1, self.step_t * self.B + self.cols)  # [M, B]
         x = self.x_train[idx]  # [M, B, D]
         if self.binarize:
-            x = noise.bernoulli(x, self.seeds, self.gstep_t)
+            x = self.noise.binarize(x, self.gstep_t)
         xs = x.split([g.size for g in fleet.groups])
-        eps = [[noise.normal(s, "noise", self.gstep_t * _LAYERS_MAX + level, (g.k, self.B, d),
-                             x.dtype)
+        eps = [[self.noise.normal(gi, level, (g.k, self.B, d), x.dtype, self.gstep_t)
                 for level, d in enumerate(g.spec.latent_dims)]
-               for g, s in zip(fleet.groups, self.group_seeds)]
+               for gi, g in enumerate(fleet.groups)]
         loss, bounds = _group_loss(fleet.groups, xs, eps)
         for p in fleet.parameters():
             p.grad = None
         loss.backward()
+        if self.masked:  # frozen members: no gradient (zero moments: Adam leaves them be)
+            with torch.no_grad():
+                for g, alive in zip(fleet.groups, self.alive_g):
+                    for p in g.params.values():
+                        p.grad.masked_fill_(~alive.view(-1, *[1] * (p.dim() - 1)), 0.0)
         self.opt.step()
         with torch.no_grad():
             self.bound_sum.add_(bounds.double())
-            bad = ~torch.isfinite(bounds) & (self.first_bad < 0)
+            bad = ~torch.isfinite(bounds) & (self.first_bad < 0) & self.alive
             self.first_bad.copy_(torch.where(bad, self.step_t.expand_as(self.first_bad),
                                              self.first_bad))
             self.step_t.add_(1)
@@ -133,6 +242,42 @@ class _Steps:
         else:
             for _ in range(self.block):
                 self.one_step()
+
+    # ------------------------------------------------------------------ frozen members
+    def snapshot(self) -> None:
+        """The parameters at the start of an epoch (to put a diverged member back)."""
+        self.saved = [t.detach().clone() for t in self.fleet.parameters()]
+
+    def freeze(self, positions: list[int], restore: bool = True) -> None:
+        """Members at internal ``positions`` back to the epoch's start (``restore``; a resumed
+        run's frozen members already are), moments zero, masked from now on (recapturing the
+        graph with the mask)."""
+        fleet, opt = self.fleet, self.opt
+        rows: dict[int, list[int]] = {}  # group -> rows within the group
+        start = 0
+        for gi, g in enumerate(fleet.groups):
+            rows[gi] = [p - start for p in positions if start <= p < start + g.size]
+            start += g.size
+        params = fleet.parameters()
+        with torch.no_grad():
+            self.alive[positions] = False
+            i = 0
+            for gi, g in enumerate(fleet.groups):
+                for t in g.params.values():
+                    r = rows[gi]
+                    if r and restore:
+                        t[r] = self.saved[i][r]
+                    if r:
+                        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                            m = opt.state.get(t, {}).get(key)
+                            if isinstance(m, Tensor) and m.shape == t.shape:
+                                m[r] = 0.0
+                    i += 1
+        assert i == len(params)
+        if not self.masked:
+            self.masked = True
+            if self.use_graph:
+                self.graph = _BlockGraph(self)
 
 
 class _BlockGraph:
@@ -146,6 +291,7 @@ class _BlockGraph:
         snap = [t.detach().clone() for t in params + buffers]
         had = {p: {k: v.clone() for k, v in opt.state[p].items() if isinstance(v, Tensor)}
                for p in params if p in opt.state}  # a resumed run's Adam moments
+        gen_state = steps.noise.state()  # the warm-up's draws must not count
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -159,6 +305,7 @@ class _BlockGraph:
                 for k, v in opt.state[p].items():
                     if isinstance(v, Tensor):
                         v.copy_(had[p][k]) if p in had and k in had[p] else v.zero_()
+        steps.noise.load_state(gen_state) if gen_state is not None else None
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             for _ in range(steps.block):
@@ -190,6 +337,9 @@ def fit_fast(
     handle_signals: bool = True,
     progress: bool = True,
     callback: Callable[[int, list[dict]], None] | None = None,
+    noise: str = "counter",
+    moments: str = "exact",
+    freeze_diverged: bool = True,
 ) -> FastResult:
     """Train every member of ``fleet`` with the fast step (see the module docstring).
 
@@ -206,11 +356,20 @@ def fit_fast(
         block: steps per CUDA-graph replay (the largest divisor of the steps per epoch that is
             at most ``block``).
         cuda_graph: capture the block (default: on for CUDA).
+        noise: "counter" (the reference) or "device" (the device's generator); see the
+            module docstring.
+        moments: Adam's moments in the saved state: "exact" (as trained) or "bfloat16".
+        freeze_diverged: freeze a member whose bound or parameters become NaN/inf (see the
+            module docstring) instead of stopping.
 
     Raises:
-        TrainingDivergedError: a member's bound or parameters became NaN/inf; the last saved
-            state is kept.
+        TrainingDivergedError: every member diverged (or one did and ``freeze_diverged`` is
+            False); the last saved state is kept.
     """
+    if noise not in NOISE_SOURCES:
+        raise ValueError(f"noise must be one of {', '.join(NOISE_SOURCES)}, got {noise!r}")
+    if moments not in MOMENT_DTYPES:
+        raise ValueError(f"moments must be one of {', '.join(MOMENT_DTYPES)}, got {moments!r}")
     schedule = resolve_schedule(schedule, epochs)
     total = schedule_epochs(schedule)
     x_train, steps_per_epoch, use_graph = fleet._prepare_fit(x_train, batch_size, cuda_graph)
@@ -218,21 +377,29 @@ def fit_fast(
     block = _block_size(steps_per_epoch, block)
     opt = fleet._make_optimizer(schedule[0].lr, graph=use_graph)
     fprint = {**fleet.fingerprint(n, batch_size, binarize, data_digest(x_train)),
-              "noise": "counter-based (iwae_tutorial.noise)"}
+              "noise": ("counter-based (iwae_tutorial.noise)" if noise == "counter"
+                        else "the device's generator")}
     state_dir = Path(run_dir) / STATE_DIR if run_dir is not None else None
     history: list[list[dict]] = [[] for _ in range(len(fleet))]
     t_start = time.perf_counter()
     deadline = None if max_seconds is None else t_start + float(max_seconds)
     lock = RunDirLock(run_dir, "--run-root") if run_dir is not None else nullcontext()
     with lock, StopFlag(handle_signals) as signal_stop:
-        start = 0
+        start, saved = 0, None
         if state_dir is not None:
             _check_state_dir(state_dir)
         if state_dir is not None and resume and (state_dir / "index.pt").exists():
-            start, history = _resume(fleet, opt, state_dir, fprint, schedule)
+            start, history, saved = _resume(fleet, opt, state_dir, fprint, schedule)
         elif run_dir is not None:  # a fresh start: the old log goes with the old state
             (Path(run_dir) / "log.jsonl").unlink(missing_ok=True)
-        steps = _Steps(fleet, opt, x_train, batch_size, binarize, block, use_graph)
+        frozen: dict[str, int] = dict((saved or {}).get("frozen") or {})
+        steps = _Steps(fleet, opt, x_train, batch_size, binarize, block, use_graph, noise)
+        if saved is not None and noise == "device":
+            steps.noise.load_state(saved.get("generator"))
+        if frozen:
+            steps.freeze([fleet.order.index(fleet.names.index(m)) for m in frozen],
+                         restore=False)
+        save = partial(_save, fleet, opt, steps, state_dir, fprint, moments=moments)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -245,23 +412,38 @@ def fit_fast(
                 lr = lr_at(schedule, epoch)
                 _set_lr(opt, lr)
                 t0 = time.perf_counter()
+                if freeze_diverged:
+                    steps.snapshot()
                 steps.new_epoch(epoch, steps_per_epoch)
                 for _ in range(steps_per_epoch // block):
                     steps.run_block()
                 means = (steps.bound_sum / steps_per_epoch).cpu().tolist()  # one sync
                 bad = [fleet.names[fleet.order[p]] for p, s in
                        enumerate(steps.first_bad.cpu().tolist()) if s >= 0]
-                bad += [name for name in fleet._nonfinite_members() if name not in bad]
-                if bad:
+                bad += [name for name in fleet._nonfinite_members()
+                        if name not in bad and name not in frozen]
+                if bad and (not freeze_diverged or len(frozen) + len(bad) == len(fleet)
+                            or epoch == 0):  # no finite epoch to freeze at
                     raise TrainingDivergedError(
                         f"member(s) {', '.join(map(repr, bad))}: the bound or a parameter "
                         f"became NaN or infinite in epoch {epoch + 1}; the last saved state "
                         f"is kept{f' in {state_dir}' if state_dir is not None else ''}. Try "
                         "a lower learning rate.")
+                if bad:
+                    steps.freeze([fleet.order.index(fleet.names.index(m)) for m in bad])
+                    frozen.update({m: epoch + 1 for m in bad})
+                    print(f"fit_fast: member(s) {', '.join(map(repr, bad))} diverged in epoch "
+                          f"{epoch + 1} and are frozen at their weights of epoch {epoch}; the "
+                          "others train on", file=sys.stderr, flush=True)
                 seconds = time.perf_counter() - t0
                 for p, i in enumerate(fleet.order):
-                    history[i].append({"epoch": epoch + 1, "lr": lr, "train_bound": means[p],
-                                       "seconds": seconds, "steps": steps_per_epoch})
+                    entry = {"epoch": epoch + 1, "lr": lr, "train_bound": means[p],
+                             "seconds": seconds, "steps": steps_per_epoch}
+                    if fleet.names[i] in frozen:  # its last finite epoch's bound, marked
+                        last = history[i][-1]["train_bound"] if history[i] else float("nan")
+                        entry.update(train_bound=last, frozen=True,
+                                     diverged_in_epoch=frozen[fleet.names[i]])
+                    history[i].append(entry)
                 if run_dir is not None:
                     with open(Path(run_dir) / "log.jsonl", "a") as f:  # repaired on resume
                         f.write(json.dumps(fleet._log_entries(history)[-1]) + "\n")
@@ -274,26 +456,38 @@ def fit_fast(
                         and epoch + 1 < total)
                 if state_dir is not None and (stop or epoch + 1 == total
                                               or now - last_save > checkpoint_every_s):
-                    _save(fleet, opt, state_dir, fprint, epoch + 1, history)
+                    save(epoch + 1, history, frozen)
                     last_save = now
                 if stop:
                     return FastResult([list(h) for h in history], False, epoch + 1,
-                                      time.perf_counter() - t_start)
+                                      time.perf_counter() - t_start, dict(frozen))
         finally:
             if bar is not None:
                 bar.close()
-    return FastResult([list(h) for h in history], True, total, time.perf_counter() - t_start)
+    return FastResult([list(h) for h in history], True, total, time.perf_counter() - t_start,
+                      dict(frozen))
 
 
-def _save(fleet, opt, state_dir: Path, fprint: dict, epochs_done: int,
-          history: list[list[dict]]) -> None:
+def _save(fleet, opt, steps: _Steps, state_dir: Path | None, fprint: dict, epochs_done: int,
+          history: list[list[dict]], frozen: dict[str, int], *, moments: str) -> None:
+    """The sharded state; Adam's moments in ``moments`` (parameters and steps as they are)."""
+    if state_dir is None:
+        return
+    opt_state = opt.state_dict()
+    dtype = MOMENT_DTYPES[moments]
+    if dtype is not None:
+        opt_state["state"] = {i: {k: (v.to(dtype) if k.startswith(("exp_avg", "max_exp_avg"))
+                                      else v) for k, v in st.items()}
+                              for i, st in opt_state["state"].items()}
     save_sharded(state_dir, {
         "params": {fleet._group_name(g): {k: t.detach() for k, t in g.params.items()}
                    for g in fleet.groups},
-        "optimizer": opt.state_dict(), "epoch": epochs_done, "history": history,
-        "fingerprint": fprint, "names": fleet.names, "gemm": fleet.gemm})
+        "optimizer": opt_state, "epoch": epochs_done, "history": history,
+        "fingerprint": fprint, "names": fleet.names, "gemm": fleet.gemm,
+        "generator": steps.noise.state(), "frozen": dict(frozen), "moments": moments})
     write_json_atomic(state_dir / "about.json", {
-        "epochs_done": epochs_done, "members": fleet.names,
+        "epochs_done": epochs_done, "members": fleet.names, "frozen": frozen,
+        "moments": moments, "noise": steps.noise.kind,
         "what": "the sharded state of iwae_tutorial.fast.fit_fast: carry this folder into "
                 "the next command to continue"})
 
@@ -311,7 +505,7 @@ def _check_state_dir(state_dir: Path) -> None:
 
 
 def _resume(fleet, opt, state_dir: Path, fprint: dict,
-            schedule: Sequence[Stage]) -> tuple[int, list[list[dict]]]:
+            schedule: Sequence[Stage]) -> tuple[int, list[list[dict]], dict]:
     state = load_sharded(state_dir, map_location=fleet.device)
     where, fix = state_dir / "index.pt", f"delete {state_dir} to start afresh"
     missing = [k for k in ("params", "optimizer", "epoch", "history") if k not in state]
@@ -329,9 +523,13 @@ def _resume(fleet, opt, state_dir: Path, fprint: dict,
         raise CheckpointError(f"the state in {state_dir} does not fit this fleet "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                               f"{fix}") from None
+    frozen = state.get("frozen") or {}
+    if not (isinstance(frozen, dict) and all(m in fleet.names for m in frozen)):
+        raise CheckpointError(f"the state in {state_dir} names frozen members this fleet "
+                              f"lacks; {fix}")
     history = [list(h) for h in state["history"]]
     sync_log(state_dir.parent / "log.jsonl", fleet._log_entries(history))
-    return int(state["epoch"]), history
+    return int(state["epoch"]), history, state
 
 
 def projected_hours(ms_per_step: float, batch_size: int, n_train: int = 59_600,

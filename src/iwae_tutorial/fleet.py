@@ -540,7 +540,7 @@ class Fleet:
         kw: dict = {"betas": (0.9, 0.999), "eps": 1e-4}
         if graph:  # capturable in a CUDA graph; lr a device tensor so it can change
             return torch.optim.Adam(params, lr=torch.tensor(lr, device=self.device),
-                                    capturable=True, foreach=True, **kw)
+                                    capturable=True, fused=True, **kw)  # 1-2 kernels a step
         try:
             return torch.optim.Adam(params, lr=lr, fused=True, **kw)
         except (RuntimeError, TypeError, ValueError):  # pragma: no cover - old torch/device

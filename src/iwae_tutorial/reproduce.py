@@ -9,6 +9,7 @@ Budgets (``--budget``):
 
 ==========  ===========================================================================
 ``smoke``   200 training images, 1 epoch; L_50 on 100 test images (seconds; for CI)
+``dry``     200 training images, 4 epochs (two stages); L_50 on 100 test images
 ``book``    all training images, the first 4 epochs of the paper's schedule (stage 0:
             1 epoch at lr 1e-3, stage 1: 3 epochs at 7.2e-4); L_5000 on the first 1,000
             test images. MNIST: 32 minutes measured with ``--threads 1`` on the project's
@@ -56,11 +57,15 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "Budget", "BUDGETS", "resolve_budget", "reproduce", "EXIT_NOT_FINISHED",
+    "Budget", "BUDGETS", "resolve_budget", "reproduce", "EXIT_NOT_FINISHED", "TRAINERS",
 ]
 
 #: exit status when the run stopped early (time limit or signal) with its state saved
 EXIT_NOT_FINISHED = 75
+#: exact: Fleet.fit; fast: fast.fit_fast with counter-based noise; fast-device: fit_fast with
+#: the device's generator (one kernel per draw). The fast trainers save Adam's moments in
+#: bfloat16 so that the state travels with a device command.
+TRAINERS = ("exact", "fast", "fast-device")
 
 
 # ------------------------------------------------------------------------------- budgets
@@ -82,6 +87,9 @@ BUDGETS: dict[str, Budget] = {
     "book": Budget("book", None, 4, EVAL_K, 1000,
                    "all training images, the first 4 epochs of the paper's schedule (1 epoch "
                    "at lr 1e-3, 3 at 7.2e-4); L_5000 on the first 1,000 test images"),
+    "dry": Budget("dry", 200, 4, 50, 100,
+                  "200 training images, 4 epochs (stage ends 1 and 4); L_50 on 100 test "
+                  "images (the device job's dry run: two stages in seconds)"),
     "full": Budget("full", None, PAPER_EPOCHS, EVAL_K, None,
                    "the paper's protocol: all training images, 3,280 epochs; L_5000 on all "
                    "test images"),
@@ -96,7 +104,7 @@ def resolve_budget(text: str) -> Budget:
     try:
         epochs = int(text)
     except ValueError:
-        raise ValueError(f"--budget must be smoke, book, full or a number of epochs, got "
+        raise ValueError(f"--budget must be smoke, dry, book, full or a number of epochs, got "
                          f"{text!r}") from None
     if epochs < 1:
         raise ValueError(f"--budget: the number of epochs must be positive, got {epochs}")
@@ -155,6 +163,9 @@ def reproduce(
     tf32: bool = False,
     verbose: bool = True,
     force: bool = False,
+    until_epochs: int | None = None,
+    whole_stages: bool = False,
+    epoch_seconds_hint: float | None = None,
 ) -> tuple[str, Path | None]:
     """Train, evaluate at the end of every stage of the schedule, and write
     ``results_dir/<dataset>-<protocol>.json`` after each evaluated stage.
@@ -181,6 +192,13 @@ def reproduce(
     replaced unless ``force`` (a ValueError naming it, before anything is done). A score that
     is NaN or infinite is never written (a ValueError naming the file).
     ``ds`` (an :class:`~iwae_tutorial.experiments.Dataset`) skips loading the data (tests).
+
+    Working in windows (a device lent for minutes): ``until_epochs`` scores the stages that
+    end by that epoch and stops there (not finished: the next invocation goes on);
+    ``whole_stages`` does not start a stage that the time left (``max_minutes``) cannot train
+    and score, judged from the fleet's measured seconds per epoch (or
+    ``epoch_seconds_hint``, seconds per epoch of one fleet, before any is measured) and its
+    last scoring's seconds. Both stop with the stages so far scored and written.
     """
     import torch
 
@@ -191,8 +209,8 @@ def reproduce(
 
     t_start = time.perf_counter()
     b = budget if isinstance(budget, Budget) else resolve_budget(budget)
-    if trainer not in ("exact", "fast"):
-        raise ValueError(f"trainer must be 'exact' or 'fast', got {trainer!r}")
+    if trainer not in TRAINERS:
+        raise ValueError(f"trainer must be one of {', '.join(TRAINERS)}, got {trainer!r}")
     if two_layer_epochs is not None:
         two_layer_epochs = int(two_layer_epochs)
         if not 1 <= two_layer_epochs:
@@ -230,9 +248,14 @@ def reproduce(
         done = _load_done(run)
         points = sorted({e for part in parts for e in part.ends})
         for e in points:
+            if until_epochs is not None and e > until_epochs:
+                run.log(f"stopping after the stages that end by epoch {until_epochs}, as asked")
+                return f"stopped after epoch {until_epochs} as asked", None
             for part in parts:
                 if e not in part.ends or _stage_key(part, e) in done:
                     continue
+                if whole_stages and not _stage_fits(run, part, e, done, epoch_seconds_hint):
+                    return "the next stage does not fit in the time left", None
                 scored = _score_stage(run, part, e)
                 if scored is None:
                     return "time limit or signal", None
@@ -246,6 +269,48 @@ def reproduce(
     if verbose:
         _print_table(result)
     return "done", out_path
+
+
+def _stage_fits(run: _Run, part: _Part, epochs: int, done: dict,
+                hint: float | None) -> bool:
+    """Whether training ``part`` to ``epochs`` and scoring it fits in the time left (True
+    when there is no time limit or nothing to judge by); logs the estimate either way."""
+    import statistics
+
+    left = run.seconds_left()
+    if left is None:
+        return True
+    trained = (part.stage_dir(run, epochs) / "fleet.json").exists()
+    seconds = _epoch_seconds(part.run_dir(run) / "log.jsonl")
+    per_epoch = statistics.median(seconds[-5:]) if seconds else hint
+    if per_epoch is None and not trained:
+        return True
+    train = 0.0 if trained else (epochs - len(seconds)) * float(per_epoch)
+    scorings = [v["seconds"]["eval_nll"] + v["seconds"]["active_units"]
+                for v in done.values() if v.get("part") == part.name]
+    score = scorings[-1] if scorings else 0.0
+    fits = train + score <= left
+    verdict = "go" if fits else "stop here (the next window goes on)"
+    run.log(f"{part.name} to epoch {epochs}: ~{train:.0f} s of training and ~{score:.0f} s of "
+            f"scoring, {left:.0f} s left: {verdict}")
+    return fits
+
+
+def _epoch_seconds(log_path: Path) -> list[float]:
+    """The wall seconds of each epoch in a fleet's log.jsonl (unreadable lines skipped)."""
+    out: list[float] = []
+    try:
+        lines = log_path.read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            s = float(json.loads(line)["seconds"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if s >= 0:
+            out.append(s)
+    return out
 
 
 def _write_result(path: Path, result: dict) -> Path:
@@ -402,22 +467,59 @@ def _train_to(run: _Run, part: _Part, epochs: int):
     from .fleet import Fleet
     from .schedule import truncate_schedule
 
-    if run.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = run.tf32
-        torch.backends.cudnn.allow_tf32 = run.tf32
     fleet = Fleet.from_configs(part.configs, run.ds, run.device, gemm=run.gemm)
     schedule = truncate_schedule(part.configs[0].schedule(), epochs)
     run.log(f"{run.tag} {part.name}: training {len(part.configs)} configurations together on "
             f"{run.n_train} images to epoch {epochs}, batch {run.batch_size}, {run.trainer} "
             f"trainer, on {run.device} (gemm={fleet.gemm}, threads {torch.get_num_threads()})")
-    fit = fleet.fit if run.trainer == "exact" else partial(fit_fast, fleet)
-    res = fit(run.ds.x_train[:run.n_train], schedule=schedule,
-              batch_size=part.configs[0].batch_size, binarize=run.ds.binarize,
-              run_dir=part.run_dir(run), max_seconds=run.seconds_left(), progress=run.progress)
+    fit = fleet.fit if run.trainer == "exact" else partial(
+        fit_fast, fleet, noise="device" if run.trainer == "fast-device" else "counter",
+        moments="bfloat16")
+    with _matmul_precision(run.tf32 and run.device.type == "cuda"):  # training only
+        res = fit(run.ds.x_train[:run.n_train], schedule=schedule,
+                  batch_size=part.configs[0].batch_size, binarize=run.ds.binarize,
+                  run_dir=part.run_dir(run), max_seconds=run.seconds_left(),
+                  progress=run.progress)
+    _log_estimate(run, part, res.history[0])
+    frozen = getattr(res, "frozen", None)
+    if frozen:
+        run.log(f"{part.name}: diverged and frozen (member: epoch): {frozen}")
     if not res.finished:
         run.log(f"{part.name}: stopped after epoch {res.epochs_done} (state saved)")
         return None
     return fleet, res.history
+
+
+def _matmul_precision(tf32: bool):
+    """TF32 matrix products inside the block (CUDA; the previous setting restored after), so
+    that evaluation always runs in float32."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def scope():
+        before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+    return scope()
+
+
+def _log_estimate(run: _Run, part: _Part, history: list[dict]) -> None:
+    """One line: the measured seconds per epoch (median of the last 5 epochs) and the time
+    the rest of this fleet's budget takes at that pace."""
+    if not history:
+        return
+    recent = sorted(float(h["seconds"]) for h in history[-5:])
+    per_epoch = recent[len(recent) // 2]
+    left = part.epochs - len(history)
+    run.log(f"{part.name}: {per_epoch:.1f} s per epoch measured (on {run.device}); the "
+            f"remaining {left} epoch(s) of this fleet take about {left * per_epoch / 3600:.2f} h"
+            " of training at that pace")
 
 
 def _score_stage(run: _Run, part: _Part, epochs: int) -> dict | None:
@@ -522,6 +624,12 @@ def _records(run: _Run, part: _Part, entry: dict, with_per_image: bool) -> list[
         }
         extra: dict[str, Any] = {"wall_time_s": entry["seconds"], "gemm": entry.get("gemm"),
                                  "run_dir": str(Path(entry["weights"]) / part.configs[i].name)}
+        diverged = [h for h in entry["histories"][i][:epochs] if h.get("frozen")]
+        if diverged:  # fast.fit_fast froze it: these are its weights before that epoch
+            e0 = int(diverged[0]["diverged_in_epoch"])
+            extra["frozen"] = {"diverged_in_epoch": e0, "weights_of_epoch": e0 - 1,
+                               "note": "diverged (NaN/inf) and frozen; scored at the weights "
+                                       f"after epoch {e0 - 1}, not {epochs}"}
         if twin_name is not None:
             extra["trained_as"] = twin_name
             extra["note"] = ("at k = 1 the IWAE bound is the ELBO: this cell is the VAE k = 1 "
@@ -597,10 +705,14 @@ def _result(run: _Run, parts: list[_Part], done: dict, t_start: float) -> dict[s
             "batch_size": run.batch_size,
             "lr_scale": lr_scale_for_batch(run.batch_size),
             "trainer": run.trainer,
-            "noise": ("each member's own torch.Generator, as train.fit (exact)"
-                      if run.trainer == "exact" else
-                      "counter-based, a hash of (seed, step) (iwae_tutorial.noise)"),
-            "precision": "tf32 matmuls" if run.tf32 else "float32",
+            "noise": {"exact": "each member's own torch.Generator, as train.fit (exact)",
+                      "fast": "counter-based, a hash of (seed, step) (iwae_tutorial.noise)",
+                      "fast-device": "the device's generator (torch.rand/randn), shared by "
+                                     "the members of a fleet"}[run.trainer],
+            "precision": ("training: TF32 matrix products; evaluation: float32" if run.tf32
+                          else "float32"),
+            "saved_state": ("Adam moments saved in bfloat16 (resumption not bit-for-bit)"
+                            if run.trainer != "exact" else "exact (float32)"),
             "name": run.tag,
             "optimizer": "Adam(betas=(0.9, 0.999), eps=1e-4)",
             "binarization": "dynamic (fresh Bernoulli draw per use)" if ds.binarize

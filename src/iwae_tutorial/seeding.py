@@ -26,6 +26,7 @@ PURPOSES = (
     "binarize",  # the dynamic binarization of the training images
     "noise",  # the reparameterization noise of training
     "eval-noise",  # the noise of L_k when reproduce scores a model
+    "device-noise",  # the fast trainer's device generator (fast.fit_fast, noise="device")
 )
 
 
