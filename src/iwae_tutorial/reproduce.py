@@ -463,8 +463,8 @@ def _train_to(run: _Run, part: _Part, epochs: int):
     -> (fleet, histories), or None when it stopped early (state saved)."""
     import torch
 
-    from .fast import fit_fast
-    from .fleet import Fleet
+    from .fast import STATE_DIR, fit_fast
+    from .fleet import FLEET_CHECKPOINT, Fleet
     from .schedule import truncate_schedule
 
     fleet = Fleet.from_configs(part.configs, run.ds, run.device, gemm=run.gemm)
@@ -472,6 +472,9 @@ def _train_to(run: _Run, part: _Part, epochs: int):
     run.log(f"{run.tag} {part.name}: training {len(part.configs)} configurations together on "
             f"{run.n_train} images to epoch {epochs}, batch {run.batch_size}, {run.trainer} "
             f"trainer, on {run.device} (gemm={fleet.gemm}, threads {torch.get_num_threads()})")
+    saved = part.run_dir(run) / (FLEET_CHECKPOINT if run.trainer == "exact" else STATE_DIR)
+    if saved.exists():
+        run.log(f"{part.name}: continuing from the saved state {saved}")
     fit = fleet.fit if run.trainer == "exact" else partial(
         fit_fast, fleet, noise="device" if run.trainer == "fast-device" else "counter",
         moments="bfloat16")

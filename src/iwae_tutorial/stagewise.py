@@ -32,7 +32,7 @@ __all__ = ["Z95", "Cell", "load_stagewise", "find_stagewise", "stage_epochs", "s
            "per_image_nll", "paired_gap", "claims", "verdict_markdown", "gaps_markdown",
            "stage_table_markdown", "series", "epochs_text", "gap_range", "convergence_markdown",
            "UNDECIDED", "undecided_units", "units_markdown", "seconds_per_epoch",
-           "stages_markdown", "differences_markdown"]
+           "time_left", "time_left_text", "stages_markdown", "differences_markdown"]
 
 #: the normal quantile of a two-sided 95% interval
 Z95 = 1.959964
@@ -337,6 +337,75 @@ def seconds_per_epoch(result: dict[str, Any]) -> dict[str, float]:
         if epochs:
             out[part] = secs / epochs
     return out
+
+
+def time_left(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """What the unscored stages of ``result``'s protocol will take at the pace its scored
+    stages measured, per fleet ("1L", "2L") with at least one scored stage: the measured
+    training seconds per epoch (:func:`seconds_per_epoch`) times the epochs after the last
+    scored stage, plus the mean measured seconds of scoring one stage (L_k and the active
+    units) times the stages left. Epochs trained after the last scored stage are counted as
+    left (a run that stopped mid-stage is estimated from that stage's start).
+
+    -> {fleet: {"seconds_per_epoch", "epochs_left", "seconds_per_scoring", "stages_left",
+    "seconds_left"}}"""
+    pace = seconds_per_epoch(result)
+    protocol = result["protocol"]
+    out = {}
+    for part, ends in protocol.get("stage_ends", {}).items():
+        scored = [st for st in result["stages"]
+                  if st["epochs"] in ends and part in st.get("wall_time_s", {})]
+        if not scored or part not in pace:
+            continue
+        epochs_left = int(protocol["epochs_by_layers"][part]) - max(st["epochs"] for st in scored)
+        stages_left = len(ends) - len(scored)
+        scoring = sum(st["wall_time_s"][part]["eval_nll"] + st["wall_time_s"][part].get(
+            "active_units", 0.0) for st in scored) / len(scored)
+        out[part] = {"seconds_per_epoch": pace[part], "epochs_left": epochs_left,
+                     "seconds_per_scoring": scoring, "stages_left": stages_left,
+                     "seconds_left": pace[part] * epochs_left + scoring * stages_left}
+    return out
+
+
+def _duration(seconds: float) -> str:
+    """"42 min", "7.5 h", "3.2 days"."""
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def time_left_text(result: dict[str, Any]) -> str:
+    """:func:`time_left` in one sentence, naming the device(s) that measured the pace (those
+    of the scored stages): "At the pace measured so far on DEVICE (cuda): the one-layer fleet
+    S s per epoch and T s per scoring, E epochs and N scorings left: D h; ...; in all about
+    D days." """
+    left = time_left(result)
+    names = {"1L": "one-layer", "2L": "two-layer"}
+    devices = sorted({f"{prov.get('device_name', '?')} ({prov.get('device', '?')})"
+                      for st in result["stages"] for prov in st.get("provenance", {}).values()
+                      if isinstance(prov, dict)}) or ["an unrecorded device"]
+    device = " and ".join(devices)
+    if not left:
+        return (f"No stage of {result['protocol']['name']} is scored yet, so no pace has been "
+                "measured: the first estimate comes after the first stage.")
+    def n(count: int, what: str) -> str:
+        return f"{count:,} {what}{'' if count == 1 else 's'}"
+
+    parts = [f"the {names.get(p, p)} fleet {v['seconds_per_epoch']:,.1f} s per epoch and "
+             f"{v['seconds_per_scoring']:,.1f} s per scoring, {n(v['epochs_left'], 'epoch')} "
+             f"and {n(v['stages_left'], 'scoring')} left: {_duration(v['seconds_left'])}"
+             for p, v in left.items()]
+    missing = [names.get(p, p) for p in result["protocol"].get("stage_ends", {})
+               if p not in left]
+    total = sum(v["seconds_left"] for v in left.values())
+    text = (f"At the pace measured so far on {device}: " + "; ".join(parts)
+            + f"; in all about {_duration(total)}")
+    if missing:
+        text += (f", plus the {' and '.join(missing)} fleet, which has no scored stage yet "
+                 "to measure its pace")
+    return text + "."
 
 
 def stages_markdown(result: dict[str, Any]) -> str:
