@@ -33,6 +33,11 @@ block, also checkpointed. So a long run can be cut into pieces of under 10 minut
     until python -m iwae_tutorial reproduce --dataset mnist --budget full --max-minutes 9; \\
         do [ $? -eq 75 ] || break; done
 
+``torchrun --nproc-per-node W -m iwae_tutorial reproduce ...`` (W <= 3; gloo or NCCL): each rank
+trains and scores its share of each fleet in ``<run>/rank-R-of-W/`` (resumable; a stopped rank
+exits with 75, torchrun then with 1); rank 0 writes the one result file, with a single
+process's numbers bit for bit (:mod:`iwae_tutorial.distributed`).
+
 Evaluation protocol (as in the authors' code): the test images are binarized once (a fixed
 Bernoulli draw, seeded by ``--eval-seed``); the active units are counted on the first 500
 training images binarized once, with the threshold 0.01.
@@ -49,7 +54,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .paper import EVAL_K, PAPER_EPOCHS
+from .distributed import Ranks
+from .paper import EVAL_K, PAPER_EPOCHS, TABLE1_KS
 from .schedule import PAPER_BATCH, lr_scale_for_batch
 
 if TYPE_CHECKING:
@@ -155,6 +161,7 @@ def reproduce(
     tf32: bool = False,
     verbose: bool = True,
     force: bool = False,
+    ranks: Ranks | None = None,
 ) -> tuple[str, Path | None]:
     """Train, evaluate at the end of every stage of the schedule, and write
     ``results_dir/<dataset>-<protocol>.json`` after each evaluated stage.
@@ -181,10 +188,12 @@ def reproduce(
     replaced unless ``force`` (a ValueError naming it, before anything is done). A score that
     is NaN or infinite is never written (a ValueError naming the file).
     ``ds`` (an :class:`~iwae_tutorial.experiments.Dataset`) skips loading the data (tests).
+    ``ranks`` (default: torchrun's environment) shares the work out; only rank 0 returns a path.
     """
     import torch
 
     from .checkpoints import RunDirLock
+    from .distributed import barrier, gather_stages, process_group, shard
     from .experiments import load_dataset
     from .profiles import default_device
     from .provenance import provenance
@@ -200,15 +209,17 @@ def reproduce(
         if two_layer_epochs >= b.epochs:
             two_layer_epochs = None  # the whole budget: nothing differs
     tag = protocol_tag(dataset, b.name, batch_size, trainer, tf32, two_layer_epochs)
-    run_dir = Path(run_root) / tag
-    with RunDirLock(run_dir, "--run-root"):  # one process at a time
+    ranks = ranks or Ranks.from_env()
+    shard(TABLE1_KS, ranks)  # too many ranks (a fleet has a training group per k): say so now
+    run_dir = ranks.state_dir(Path(run_root) / tag)  # a rank's own folder: its own lock
+    dev = ranks.device(torch.device(device) if device else default_device())
+    with process_group(ranks, dev), RunDirLock(run_dir, "--run-root"):  # one process at a time
         if ds is None:
             if verbose:
                 _log(f"loading {dataset}")
             ds = load_dataset(dataset, root=data_dir, download=download, seed=seed)
         n_total, n_test = int(ds.x_train.shape[0]), int(ds.x_test.shape[0])
         want_eval = eval_n or b.eval_n
-        dev = torch.device(device) if device else default_device()
         run = _Run(dataset=dataset, budget=b, run_dir=run_dir, ds=ds, device=dev,
                    n_train=n_total if b.n_train is None else min(int(b.n_train), n_total),
                    n_eval=n_test if want_eval is None else min(int(want_eval), n_test),
@@ -218,7 +229,7 @@ def reproduce(
                    progress=progress, batch_size=batch_size, trainer=trainer, tf32=tf32,
                    verbose=verbose, two_layer_epochs=two_layer_epochs, tag=tag,
                    deadline=None if max_minutes is None else t_start + 60.0 * max_minutes,
-                   command=command,
+                   command=command, world=ranks.world,
                    started=json.loads(json.dumps(provenance(command=command, device=dev))))
         out_path = Path(results_dir) / f"{tag}.json"
         _check_replace(run, out_path, force)  # before anything is deleted or computed
@@ -227,25 +238,41 @@ def reproduce(
                 if p.name != RunDirLock.NAME:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
         parts = _parts(run)
+        mine = [_shard(part, ranks) for part in parts]  # all of them for one rank
         done = _load_done(run)
         points = sorted({e for part in parts for e in part.ends})
-        for e in points:
-            for part in parts:
+        finished = True
+        for e in (e for e in points if finished):
+            for part in mine:
                 if e not in part.ends or _stage_key(part, e) in done:
                     continue
                 scored = _score_stage(run, part, e)
                 if scored is None:
-                    return "time limit or signal", None
+                    finished = False
+                    break
                 done[_stage_key(part, e)] = scored
                 _save_done(run, done)
-                result = _result(run, parts, done, t_start)
-                out_path = _write_result(out_path, result)
-                run.log(f"{part.name} after {e} epoch(s): scored; {out_path} updated")
-        result = _result(run, parts, done, t_start)
-        out_path = _write_result(out_path, result)
-    if verbose:
-        _print_table(result)
-    return "done", out_path
+                if ranks.world == 1:  # several ranks: rank 0 writes at the end (below)
+                    result = _result(run, parts, done, t_start)
+                    out_path = _write_result(out_path, result)
+                    run.log(f"{part.name} after {e} epoch(s): scored; {out_path} updated")
+        if ranks.world > 1:  # on rank 0: the stages that every rank scored, merged
+            done, finished = gather_stages(
+                done, finished, ranks, per_member=("histories", "ll", "active_units",
+                                                   "active_units_variances"),
+                per_rank=("weights", "gemm", "seconds"), slowest=("seconds",))
+        result = None
+        if done and (finished or ranks.world > 1):  # several ranks: what all of them scored
+            result = _result(run, parts, done, t_start)
+            out_path = _write_result(out_path, result)
+        barrier(ranks)  # no rank exits before rank 0 has written
+    if not finished:
+        return "time limit or signal", None
+    if verbose and result is not None:
+        from .results import table1_text
+
+        print(table1_text(result))
+    return "done", out_path if result is not None else None
 
 
 def _write_result(path: Path, result: dict) -> Path:
@@ -293,6 +320,7 @@ class _Run:
     deadline: float | None
     command: list[str] | None
     started: dict  # provenance at the start of this invocation (the code that runs)
+    world: int = 1  # the number of ranks (torchrun)
 
     def log(self, msg: str) -> None:
         """A progress line on stderr (off with ``verbose=False``, e.g. in the built book)."""
@@ -319,6 +347,8 @@ class _Part:
     epochs: int
     ends: list[int]  # epochs after which the members are scored
     aliases: dict  # name of an untrained cell -> (its RunConfig, the trained member's index)
+    members: list[int] | None = None  # a rank's share: its configs' indices in the fleet's
+    fleet_size: int | None = None  # a rank's share: the number of configs in the whole fleet
 
     def run_dir(self, run: _Run) -> Path:
         return run.run_dir / self.name
@@ -353,6 +383,20 @@ def _parts(run: _Run) -> list[_Part]:
         ends = stage_ends(truncate_schedule(burda_schedule(), epochs))
         parts.append(_Part(f"{n_layers}L", trained, epochs, ends, aliases))
     return parts
+
+
+def _shard(part: _Part, ranks: Ranks) -> _Part:
+    """This rank's share of ``part``: whole training groups (the configs of one k; an alias with
+    its twin), the 2L fleet's dealt from rank 1 on (balance); ``part`` itself for one rank."""
+    from .distributed import shard_fleet
+    from .objectives import samples_per_point
+
+    if ranks.world == 1:
+        return part
+    group = lambda c: (str(c.layers), samples_per_point(c.objective, c.k))  # as Fleet groups
+    idx, configs, aliases = shard_fleet(part.configs, part.aliases, ranks, group,
+                                        offset=int(part.name[0]) - 1)
+    return _Part(part.name, configs, part.epochs, part.ends, aliases, idx, len(part.configs))
 
 
 def _stage_key(part: _Part, epochs: int) -> str:
@@ -442,7 +486,7 @@ def _score_stage(run: _Run, part: _Part, epochs: int) -> dict | None:
     if any(len(h) != epochs for h in histories):
         raise ValueError(f"the saved weights in {stage_dir} are not of epoch {epochs}; delete "
                          "that folder to train them again")
-    evaluated = _eval_stage(run, models, stage_dir / "eval.pt", epochs)
+    evaluated = _eval_stage(run, models, stage_dir / "eval.pt", epochs, part.fleet_size)
     if evaluated is None:
         return None
     t0 = time.perf_counter()
@@ -464,6 +508,7 @@ def _score_stage(run: _Run, part: _Part, epochs: int) -> dict | None:
         "weights": str(stage_dir),
         "gemm": {"train": trained_gemm, "eval": evaluated["gemm"]},
         "checkpoint": str(part.run_dir(run) / FLEET_CHECKPOINT),
+        **({} if part.members is None else {"members": part.members}),  # a rank's share
         "provenance": {**run.started, "date_utc": _now()},
     }
 
@@ -474,9 +519,11 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _eval_stage(run: _Run, models: list, eval_path: Path, epochs: int) -> dict | None:
+def _eval_stage(run: _Run, models: list, eval_path: Path, epochs: int,
+                fleet_size: int | None = None) -> dict | None:
     """L_k of every model on the first ``n_eval`` test images (:mod:`.blockeval`: in blocks,
-    resumable from ``eval_path``), or None when it stopped early (state saved)."""
+    resumable from ``eval_path``), or None when it stopped early (state saved); noise drawn
+    as for ``fleet_size`` models at once (a rank's shard: the whole fleet's numbers)."""
     from .blockeval import evaluate_in_blocks
     from .experiments import eval_images
     from .seeding import stream_seed
@@ -487,7 +534,7 @@ def _eval_stage(run: _Run, models: list, eval_path: Path, epochs: int) -> dict |
         {**_done_key(run), "epochs": epochs, "models": len(models)},
         noise_seed=stream_seed(run.eval_seed, "eval-noise"), batch_size=run.eval_batch_size,
         block=run.eval_block, gemm=run.gemm, seconds_left=run.seconds_left, log=run.log,
-        progress=run.progress)
+        progress=run.progress, stack_size=fleet_size)
 
 
 def _records(run: _Run, part: _Part, entry: dict, with_per_image: bool) -> list[dict]:
@@ -520,8 +567,10 @@ def _records(run: _Run, part: _Part, entry: dict, with_per_image: bool) -> list[
             "active_units_n": entry["active_units_n"],
             "active_units_threshold": ACTIVE_UNITS_THRESHOLD,
         }
-        extra: dict[str, Any] = {"wall_time_s": entry["seconds"], "gemm": entry.get("gemm"),
-                                 "run_dir": str(Path(entry["weights"]) / part.configs[i].name)}
+        own = ({k: v[i] for k, v in entry["by_member"].items()} if "by_member" in entry
+               else entry)  # several ranks: the values of the member's rank
+        extra: dict[str, Any] = {"wall_time_s": own["seconds"], "gemm": own.get("gemm"),
+                                 "run_dir": str(Path(own["weights"]) / part.configs[i].name)}
         if twin_name is not None:
             extra["trained_as"] = twin_name
             extra["note"] = ("at k = 1 the IWAE bound is the ELBO: this cell is the VAE k = 1 "
@@ -630,7 +679,8 @@ def _result(run: _Run, parts: list[_Part], done: dict, t_start: float) -> dict[s
         "trainer": {"module": "iwae_tutorial.fleet" if run.trainer == "exact"
                     else "iwae_tutorial.fast", "gemm": run.gemm,
                     "cuda_graph": run.device.type == "cuda",
-                    "torch_threads": torch.get_num_threads()},
+                    "torch_threads": torch.get_num_threads(),
+                    **({"ranks": run.world} if run.world > 1 else {})},
         "provenance": {**run.started, "date_utc": _now(),
                        "wall_seconds": round(time.perf_counter() - t_start, 3)},
     }
@@ -642,17 +692,4 @@ def _stage_index(epochs: int) -> int | None:
 
     ends = stage_ends(burda_schedule())
     return ends.index(epochs) if epochs in ends else None
-
-
-def _print_table(result: dict) -> None:
-    p = result["protocol"]
-    print(f"{result['dataset']} / budget {result['budget']}: {p['n_train']} training images, "
-          f"{p['epochs']} epochs; NLL = -L_{p['eval_k']} on {p['eval_subset']}")
-    print(f"{'configuration':28s} {'NLL':>8s} {'paper':>7s} {'train bound':>12s} "
-          "active units")
-    for c in result["configurations"]:
-        paper = c["paper"]["nll"]
-        print(f"{c['name']:28s} {c['nll']:8.2f} {paper if paper is not None else '-':>7} "
-              f"{c['train_bound']:12.2f} {c['active_units']}")
-
 
