@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .checkpoints import CheckpointError, load_tensors, save_tensors
-from .evaluate import log_likelihood_many
+from .evaluate import chunk_size_for, log_likelihood_many
 from .models import IWAE
 from .stacked import resolve_gemm
 from .stopping import StopFlag
@@ -39,11 +39,16 @@ def evaluate_in_blocks(
     seconds_left: Callable[[], float | None] = lambda: None,
     log: Callable[[str], None] = lambda msg: None,
     progress: bool = False,
+    stack_size: int | None = None,
 ) -> dict[str, Any] | None:
     """L_k of every model on the images ``x: [n, x_dim]``, ``block`` images at a time, saved
     to ``path`` after each block with ``key`` (what the scores depend on); a saved state with
     the same key is resumed. Each model draws its noise from its own generator seeded
-    ``noise_seed``. At least one block is scored per call; then it stops (state saved) when
+    ``noise_seed``, drawn in chunks of samples sized for the number of models stacked
+    (:func:`~iwae_tutorial.evaluate.chunk_size_for`): ``stack_size`` (default: as many as
+    ``models``) sizes them for that many, so that a share of a fleet gets the numbers of the
+    whole fleet; a lone model is then stacked with a copy of itself (the products of a stack of
+    one round otherwise). At least one block is scored per call; then it stops (state saved) when
     ``seconds_left()`` would not cover another block, or on SIGTERM/SIGINT.
 
     -> {"ll": [len(models), n] float64, "seconds": float, "gemm": the kernel used}, or None
@@ -51,6 +56,11 @@ def evaluate_in_blocks(
     """
     device = models[0].device
     n = int(x.shape[0])
+    lone = stack_size is not None and stack_size > 1 and len(models) == 1
+    models = [models[0], models[0]] if lone else models  # its copy's scores are dropped
+    max_rows = 400_000 if device.type == "cuda" else 8_000
+    chunk = None if stack_size is None else chunk_size_for(k, max(1, min(batch_size, n)),
+                                                           stack_size, max_rows)
     gens = [torch.Generator(device=device).manual_seed(noise_seed) for _ in models]
     state: dict[str, Any] = {"key": key, "done": 0, "seconds": 0.0,
                              "ll": torch.full((len(models), n), float("nan"),
@@ -80,8 +90,8 @@ def evaluate_in_blocks(
             b0, b1 = state["done"], min(state["done"] + block, n)
             t0 = time.perf_counter()
             ll = log_likelihood_many(models, x, k, batch_size=batch_size, generators=gens,
-                                     start=b0, stop=b1, gemm=state["gemm"],
-                                     max_rows=400_000 if device.type == "cuda" else 8_000)
+                                     start=b0, stop=b1, gemm=state["gemm"], max_rows=max_rows,
+                                     chunk_size=chunk)
             state["ll"][:, b0:b1] = ll[:, b0:b1]
             last_block_s = time.perf_counter() - t0
             state.update(done=b1, seconds=state["seconds"] + last_block_s,
@@ -93,7 +103,7 @@ def evaluate_in_blocks(
     if not torch.isfinite(state["ll"]).all():
         raise ValueError(f"a model has a non-finite L_k (NaN or inf weights?); delete "
                          f"{path.parent} to train and score it again")
-    return state
+    return {**state, "ll": state["ll"][:1]} if lone else state
 
 
 def _check_saved(saved: dict, m: int, n: int, path: Path) -> None:

@@ -206,7 +206,11 @@ def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
         "layers) together with the fleet trainer, evaluate them, and write "
         "RESULTS_DIR/<dataset>-<budget>.json. Resumable: run the same command again to "
         f"continue. Exit status {EXIT_NOT_FINISHED}: stopped early (time limit or signal), "
-        "state saved.")
+        "state saved. Several processes: torchrun --nproc-per-node W -m iwae_tutorial "
+        "reproduce ... (W <= 3; gloo on the CPU, NCCL on CUDA with rank R on cuda:R): each "
+        "rank trains and scores whole groups of configurations (one k of a fleet) in "
+        "RUN_ROOT/<name>/rank-R-of-W/ (resumable per rank), and rank 0 writes the one result "
+        "file, with the numbers of one process.")
     p.add_argument("--dataset", choices=REPRODUCE_DATASETS, default="mnist",
                    help="mnist (dynamically binarized, default), omniglot-lake28 (not the "
                         "paper's split) or omniglot-burda (the paper's chardata.mat)")
@@ -578,7 +582,8 @@ def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
         epoch_seconds_hint=args.epoch_seconds_hint,
         command=["python", "-m", "iwae_tutorial", *argv])
     if status == "done":
-        print(f"wrote {path}")
+        if path is not None:  # several ranks: rank 0 wrote it
+            print(f"wrote {path}")
         return 0
     print(f"stopped before the end ({status}); the state is saved. Run the same command again "
           "to continue.", file=sys.stderr)
@@ -662,6 +667,8 @@ def _failed(e: Exception, command: str, debug: bool) -> int:
     message = user_error(e, command)
     if debug or message is None:
         raise e
+    if getattr(e, "quiet", False):  # distributed.WorldSizeError: every rank has it, rank 0 says it
+        return 2
     print(f"{PROG} {command}: error: {message}", file=sys.stderr)
     return 2
 

@@ -23,8 +23,8 @@ from .stacked import (
     stacked_log_weights,
 )
 
-__all__ = ["log_likelihood", "log_likelihood_many", "active_units", "ActiveUnits",
-           "LogMeanExpAccumulator", "paper_active_units", "ACTIVE_UNITS_N",
+__all__ = ["log_likelihood", "log_likelihood_many", "chunk_size_for", "active_units",
+           "ActiveUnits", "LogMeanExpAccumulator", "paper_active_units", "ACTIVE_UNITS_N",
            "ACTIVE_UNITS_THRESHOLD", "reconstruction_loss"]
 
 #: the paper's active-unit protocol (the authors' code): the first 500 training examples,
@@ -129,6 +129,13 @@ def log_likelihood(
     return out
 
 
+def chunk_size_for(k: int, batch_size: int, stacked: int, max_rows: int) -> int:
+    """:func:`log_likelihood_many`'s default chunk of samples: as many as keep ``stacked``
+    models x chunk x ``batch_size`` images <= ``max_rows`` (at least 1, at most ``k``). The
+    chunks decide how each model's noise is drawn, so a model's L_k depends on it."""
+    return max(1, min(k, max_rows // (batch_size * stacked)))
+
+
 @torch.no_grad()
 def log_likelihood_many(
     models: Sequence[IWAE],
@@ -178,8 +185,8 @@ def log_likelihood_many(
     for i, m in enumerate(models):
         groups.setdefault(StackedSpec.of(m), []).append(i)
     if chunk_size is None:  # max_rows rows of samples per group at a time
-        biggest = max(len(idx) for idx in groups.values())
-        chunk_size = max(1, min(k, max_rows // (batch_size * biggest)))
+        chunk_size = chunk_size_for(k, batch_size, max(len(idx) for idx in groups.values()),
+                                    max_rows)
     stacked = {spec: stack_state_dicts([models[i].state_dict() for i in idx], spec)
                for spec, idx in groups.items()}
     stacked = {spec: {nm: t.to(device) for nm, t in p.items()} for spec, p in stacked.items()}

@@ -34,6 +34,11 @@ block, also checkpointed. So a long run can be cut into pieces of under 10 minut
     until python -m iwae_tutorial reproduce --dataset mnist --budget full --max-minutes 9; \\
         do [ $? -eq 75 ] || break; done
 
+``torchrun --nproc-per-node W -m iwae_tutorial reproduce ...`` (W <= 3; gloo or NCCL): each rank
+trains and scores its share of each fleet in ``<run>/rank-R-of-W/`` (resumable; a stopped rank
+exits with 75, torchrun then with 1); rank 0 writes the one result file, with a single
+process's numbers bit for bit (:mod:`iwae_tutorial.distributed`).
+
 Evaluation protocol (as in the authors' code): the test images are binarized once (a fixed
 Bernoulli draw, seeded by ``--eval-seed``); the active units are counted on the first 500
 training images binarized once, with the threshold 0.01.
@@ -45,13 +50,16 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .paper import EVAL_K, PAPER_EPOCHS
+from .distributed import Ranks
+from .pacing import log_estimate, matmul_precision, stage_fits
+from .paper import EVAL_K, PAPER_EPOCHS, TABLE1_KS
 from .schedule import PAPER_BATCH, lr_scale_for_batch
+from .tablefile import now_utc, result_file, stage_key
 
 if TYPE_CHECKING:
     import torch
@@ -166,6 +174,7 @@ def reproduce(
     until_epochs: int | None = None,
     whole_stages: bool = False,
     epoch_seconds_hint: float | None = None,
+    ranks: Ranks | None = None,
 ) -> tuple[str, Path | None]:
     """Train, evaluate at the end of every stage of the schedule, and write
     ``results_dir/<dataset>-<protocol>.json`` after each evaluated stage.
@@ -199,10 +208,13 @@ def reproduce(
     and score, judged from the fleet's measured seconds per epoch (or
     ``epoch_seconds_hint``, seconds per epoch of one fleet, before any is measured) and its
     last scoring's seconds. Both stop with the stages so far scored and written.
+
+    ``ranks`` (default: torchrun's environment) shares the work out; only rank 0 returns a path.
     """
     import torch
 
     from .checkpoints import RunDirLock
+    from .distributed import barrier, gather_stages, process_group, shard
     from .experiments import load_dataset
     from .profiles import default_device
     from .provenance import provenance
@@ -218,16 +230,18 @@ def reproduce(
         if two_layer_epochs >= b.epochs:
             two_layer_epochs = None  # the whole budget: nothing differs
     tag = protocol_tag(dataset, b.name, batch_size, trainer, tf32, two_layer_epochs)
-    run_dir = Path(run_root) / tag
-    with RunDirLock(run_dir, "--run-root"):  # one process at a time
+    ranks = ranks or Ranks.from_env()
+    shard(TABLE1_KS, ranks)  # too many ranks (a fleet has a training group per k): say so now
+    run_dir = ranks.state_dir(Path(run_root) / tag)  # a rank's own folder: its own lock
+    dev = ranks.device(torch.device(device) if device else default_device())
+    with process_group(ranks, dev), RunDirLock(run_dir, "--run-root"):  # one process at a time
         if ds is None:
             if verbose:
                 _log(f"loading {dataset}")
             ds = load_dataset(dataset, root=data_dir, download=download, seed=seed)
         n_total, n_test = int(ds.x_train.shape[0]), int(ds.x_test.shape[0])
         want_eval = eval_n or b.eval_n
-        dev = torch.device(device) if device else default_device()
-        run = _Run(dataset=dataset, budget=b, run_dir=run_dir, ds=ds, device=dev,
+        run = Run(dataset=dataset, budget=b, run_dir=run_dir, ds=ds, device=dev,
                    n_train=n_total if b.n_train is None else min(int(b.n_train), n_total),
                    n_eval=n_test if want_eval is None else min(int(want_eval), n_test),
                    eval_k=int(eval_k or b.eval_k), eval_seed=eval_seed,
@@ -236,7 +250,7 @@ def reproduce(
                    progress=progress, batch_size=batch_size, trainer=trainer, tf32=tf32,
                    verbose=verbose, two_layer_epochs=two_layer_epochs, tag=tag,
                    deadline=None if max_minutes is None else t_start + 60.0 * max_minutes,
-                   command=command,
+                   command=command, world=ranks.world,
                    started=json.loads(json.dumps(provenance(command=command, device=dev))))
         out_path = Path(results_dir) / f"{tag}.json"
         _check_replace(run, out_path, force)  # before anything is deleted or computed
@@ -245,72 +259,50 @@ def reproduce(
                 if p.name != RunDirLock.NAME:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
         parts = _parts(run)
+        mine = [_shard(part, ranks) for part in parts]  # all of them for one rank
         done = _load_done(run)
         points = sorted({e for part in parts for e in part.ends})
+        finished, reason = True, "time limit or signal"
         for e in points:
+            if not finished:
+                break
             if until_epochs is not None and e > until_epochs:
                 run.log(f"stopping after the stages that end by epoch {until_epochs}, as asked")
-                return f"stopped after epoch {until_epochs} as asked", None
-            for part in parts:
-                if e not in part.ends or _stage_key(part, e) in done:
+                finished, reason = False, f"stopped after epoch {until_epochs} as asked"
+                break
+            for part in mine:
+                if e not in part.ends or stage_key(part, e) in done:
                     continue
-                if whole_stages and not _stage_fits(run, part, e, done, epoch_seconds_hint):
-                    return "the next stage does not fit in the time left", None
+                if whole_stages and not stage_fits(run, part, e, done, epoch_seconds_hint):
+                    finished, reason = False, "the next stage does not fit in the time left"
+                    break
                 scored = _score_stage(run, part, e)
                 if scored is None:
-                    return "time limit or signal", None
-                done[_stage_key(part, e)] = scored
+                    finished = False
+                    break
+                done[stage_key(part, e)] = scored
                 _save_done(run, done)
-                result = _result(run, parts, done, t_start)
-                out_path = _write_result(out_path, result)
-                run.log(f"{part.name} after {e} epoch(s): scored; {out_path} updated")
-        result = _result(run, parts, done, t_start)
-        out_path = _write_result(out_path, result)
-    if verbose:
-        _print_table(result)
-    return "done", out_path
+                if ranks.world == 1:  # several ranks: rank 0 writes at the end (below)
+                    result = result_file(run, parts, done, t_start)
+                    out_path = _write_result(out_path, result)
+                    run.log(f"{part.name} after {e} epoch(s): scored; {out_path} updated")
+        if ranks.world > 1:  # on rank 0: the stages that every rank scored, merged
+            done, finished = gather_stages(
+                done, finished, ranks, per_member=("histories", "ll", "active_units",
+                                                   "active_units_variances"),
+                per_rank=("weights", "gemm", "seconds"), slowest=("seconds",))
+        result = None
+        if done and (finished or ranks.world > 1):  # several ranks: what all of them scored
+            result = result_file(run, parts, done, t_start)
+            out_path = _write_result(out_path, result)
+        barrier(ranks)  # no rank exits before rank 0 has written
+    if not finished:
+        return reason, None
+    if verbose and result is not None:
+        from .results import table1_text
 
-
-def _stage_fits(run: _Run, part: _Part, epochs: int, done: dict,
-                hint: float | None) -> bool:
-    """Whether training ``part`` to ``epochs`` and scoring it fits in the time left (True
-    when there is no time limit or nothing to judge by); logs the estimate either way."""
-    import statistics
-
-    left = run.seconds_left()
-    if left is None:
-        return True
-    trained = (part.stage_dir(run, epochs) / "fleet.json").exists()
-    seconds = _epoch_seconds(part.run_dir(run) / "log.jsonl")
-    per_epoch = statistics.median(seconds[-5:]) if seconds else hint
-    if per_epoch is None and not trained:
-        return True
-    train = 0.0 if trained else (epochs - len(seconds)) * float(per_epoch)
-    scorings = [v["seconds"]["eval_nll"] + v["seconds"]["active_units"]
-                for v in done.values() if v.get("part") == part.name]
-    score = scorings[-1] if scorings else 0.0
-    fits = train + score <= left
-    verdict = "go" if fits else "stop here (the next window goes on)"
-    run.log(f"{part.name} to epoch {epochs}: ~{train:.0f} s of training and ~{score:.0f} s of "
-            f"scoring, {left:.0f} s left: {verdict}")
-    return fits
-
-
-def _epoch_seconds(log_path: Path) -> list[float]:
-    """The wall seconds of each epoch in a fleet's log.jsonl (unreadable lines skipped)."""
-    out: list[float] = []
-    try:
-        lines = log_path.read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            s = float(json.loads(line)["seconds"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        if s >= 0:
-            out.append(s)
-    return out
+        print(table1_text(result))
+    return "done", out_path if result is not None else None
 
 
 def _write_result(path: Path, result: dict) -> Path:
@@ -322,7 +314,7 @@ def _write_result(path: Path, result: dict) -> Path:
     return write_json_atomic(path, result)
 
 
-def _check_replace(run: _Run, path: Path, force: bool) -> None:
+def _check_replace(run: Run, path: Path, force: bool) -> None:
     """A result file of this name but other settings is not replaced without ``force``."""
     from .results import check_replaceable
 
@@ -332,7 +324,7 @@ def _check_replace(run: _Run, path: Path, force: bool) -> None:
 
 
 @dataclass
-class _Run:
+class Run:
     """What one ``reproduce`` invocation works on (resolved from its arguments)."""
 
     dataset: str
@@ -358,6 +350,7 @@ class _Run:
     deadline: float | None
     command: list[str] | None
     started: dict  # provenance at the start of this invocation (the code that runs)
+    world: int = 1  # the number of ranks (torchrun)
 
     def log(self, msg: str) -> None:
         """A progress line on stderr (off with ``verbose=False``, e.g. in the built book)."""
@@ -376,7 +369,7 @@ class _Run:
 
 
 @dataclass
-class _Part:
+class Part:
     """The cells with one number of stochastic layers: trained together as one fleet."""
 
     name: str  # "1L", "2L"
@@ -384,15 +377,17 @@ class _Part:
     epochs: int
     ends: list[int]  # epochs after which the members are scored
     aliases: dict  # name of an untrained cell -> (its RunConfig, the trained member's index)
+    members: list[int] | None = None  # a rank's share: its configs' indices in the fleet's
+    fleet_size: int | None = None  # a rank's share: the number of configs in the whole fleet
 
-    def run_dir(self, run: _Run) -> Path:
+    def run_dir(self, run: Run) -> Path:
         return run.run_dir / self.name
 
-    def stage_dir(self, run: _Run, epochs: int) -> Path:
+    def stage_dir(self, run: Run, epochs: int) -> Path:
         return self.run_dir(run) / "stages" / f"epoch-{epochs:04d}"
 
 
-def _parts(run: _Run) -> list[_Part]:
+def _parts(run: Run) -> list[Part]:
     """The 12 configurations of Table 1 as two fleets (one per number of stochastic layers);
     the IWAE with k = 1 is an alias of the VAE with k = 1."""
     from .fleet import table1_configs
@@ -416,26 +411,36 @@ def _parts(run: _Run) -> list[_Part]:
         if n_layers == 2 and run.two_layer_epochs is not None:
             epochs = min(epochs, run.two_layer_epochs)
         ends = stage_ends(truncate_schedule(burda_schedule(), epochs))
-        parts.append(_Part(f"{n_layers}L", trained, epochs, ends, aliases))
+        parts.append(Part(f"{n_layers}L", trained, epochs, ends, aliases))
     return parts
 
 
-def _stage_key(part: _Part, epochs: int) -> str:
-    return f"{part.name}@{epochs}"
+def _shard(part: Part, ranks: Ranks) -> Part:
+    """This rank's share of ``part``: whole training groups (the configs of one k; an alias with
+    its twin), the 2L fleet's dealt from rank 1 on (balance); ``part`` itself for one rank."""
+    from .distributed import shard_fleet
+    from .objectives import samples_per_point
+
+    if ranks.world == 1:
+        return part
+    group = lambda c: (str(c.layers), samples_per_point(c.objective, c.k))  # as Fleet groups
+    idx, configs, aliases = shard_fleet(part.configs, part.aliases, ranks, group,
+                                        offset=int(part.name[0]) - 1)
+    return Part(part.name, configs, part.epochs, part.ends, aliases, idx, len(part.configs))
 
 
-def _done_path(run: _Run) -> Path:
+def _done_path(run: Run) -> Path:
     return run.run_dir / "stages.pt"
 
 
-def _done_key(run: _Run) -> dict:
+def _done_key(run: Run) -> dict:
     """What a saved stage result depends on besides the training (which the fleet checkpoint
     fingerprints): a change here scores the stages anew."""
     return {"eval_k": run.eval_k, "eval_n": run.n_eval, "eval_seed": run.eval_seed,
             "eval_batch_size": run.eval_batch_size, "n_train": run.n_train}
 
 
-def _load_done(run: _Run) -> dict:
+def _load_done(run: Run) -> dict:
     """The stages scored so far (``stages.pt`` in the run directory), when their settings are
     this invocation's."""
     from .checkpoints import load_tensors
@@ -452,13 +457,13 @@ def _load_done(run: _Run) -> dict:
     return check_stage_scores(saved["stages"], path)
 
 
-def _save_done(run: _Run, done: dict) -> None:
+def _save_done(run: Run, done: dict) -> None:
     from .checkpoints import save_tensors
 
     save_tensors(_done_path(run), {"key": _done_key(run), "stages": done})
 
 
-def _train_to(run: _Run, part: _Part, epochs: int):
+def _train_to(run: Run, part: Part, epochs: int):
     """Train ``part``'s fleet to the end of ``epochs`` (resuming from its checkpoint).
     -> (fleet, histories), or None when it stopped early (state saved)."""
     import torch
@@ -478,12 +483,12 @@ def _train_to(run: _Run, part: _Part, epochs: int):
     fit = fleet.fit if run.trainer == "exact" else partial(
         fit_fast, fleet, noise="device" if run.trainer == "fast-device" else "counter",
         moments="bfloat16")
-    with _matmul_precision(run.tf32 and run.device.type == "cuda"):  # training only
+    with matmul_precision(run.tf32 and run.device.type == "cuda"):  # training only
         res = fit(run.ds.x_train[:run.n_train], schedule=schedule,
                   batch_size=part.configs[0].batch_size, binarize=run.ds.binarize,
                   run_dir=part.run_dir(run), max_seconds=run.seconds_left(),
                   progress=run.progress)
-    _log_estimate(run, part, res.history[0])
+    log_estimate(run, part, res.history[0])
     frozen = getattr(res, "frozen", None)
     if frozen:
         run.log(f"{part.name}: diverged and frozen (member: epoch): {frozen}")
@@ -493,39 +498,7 @@ def _train_to(run: _Run, part: _Part, epochs: int):
     return fleet, res.history
 
 
-def _matmul_precision(tf32: bool):
-    """TF32 matrix products inside the block (CUDA; the previous setting restored after), so
-    that evaluation always runs in float32."""
-    import contextlib
-
-    import torch
-
-    @contextlib.contextmanager
-    def scope():
-        before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-
-    return scope()
-
-
-def _log_estimate(run: _Run, part: _Part, history: list[dict]) -> None:
-    """One line: the measured seconds per epoch (median of the last 5 epochs) and the time
-    the rest of this fleet's budget takes at that pace."""
-    if not history:
-        return
-    recent = sorted(float(h["seconds"]) for h in history[-5:])
-    per_epoch = recent[len(recent) // 2]
-    left = part.epochs - len(history)
-    run.log(f"{part.name}: {per_epoch:.1f} s per epoch measured (on {run.device}); the "
-            f"remaining {left} epoch(s) of this fleet take about {left * per_epoch / 3600:.2f} h"
-            " of training at that pace")
-
-
-def _score_stage(run: _Run, part: _Part, epochs: int) -> dict | None:
+def _score_stage(run: Run, part: Part, epochs: int) -> dict | None:
     """The members of ``part`` after ``epochs`` epochs: trained (or read back from their saved
     weights), scored by L_k on the test images and their active units counted.
     -> the stage's entry, or None when it stopped early (state saved)."""
@@ -547,7 +520,7 @@ def _score_stage(run: _Run, part: _Part, epochs: int) -> dict | None:
     if any(len(h) != epochs for h in histories):
         raise ValueError(f"the saved weights in {stage_dir} are not of epoch {epochs}; delete "
                          "that folder to train them again")
-    evaluated = _eval_stage(run, models, stage_dir / "eval.pt", epochs)
+    evaluated = _eval_stage(run, models, stage_dir / "eval.pt", epochs, part.fleet_size)
     if evaluated is None:
         return None
     t0 = time.perf_counter()
@@ -569,19 +542,16 @@ def _score_stage(run: _Run, part: _Part, epochs: int) -> dict | None:
         "weights": str(stage_dir),
         "gemm": {"train": trained_gemm, "eval": evaluated["gemm"]},
         "checkpoint": str(part.run_dir(run) / FLEET_CHECKPOINT),
-        "provenance": {**run.started, "date_utc": _now()},
+        **({} if part.members is None else {"members": part.members}),  # a rank's share
+        "provenance": {**run.started, "date_utc": now_utc()},
     }
 
 
-def _now() -> str:
-    import datetime as _dt
-
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _eval_stage(run: _Run, models: list, eval_path: Path, epochs: int) -> dict | None:
+def _eval_stage(run: Run, models: list, eval_path: Path, epochs: int,
+                fleet_size: int | None = None) -> dict | None:
     """L_k of every model on the first ``n_eval`` test images (:mod:`.blockeval`: in blocks,
-    resumable from ``eval_path``), or None when it stopped early (state saved)."""
+    resumable from ``eval_path``), or None when it stopped early (state saved); noise drawn
+    as for ``fleet_size`` models at once (a rank's shard: the whole fleet's numbers)."""
     from .blockeval import evaluate_in_blocks
     from .experiments import eval_images
     from .seeding import stream_seed
@@ -592,182 +562,5 @@ def _eval_stage(run: _Run, models: list, eval_path: Path, epochs: int) -> dict |
         {**_done_key(run), "epochs": epochs, "models": len(models)},
         noise_seed=stream_seed(run.eval_seed, "eval-noise"), batch_size=run.eval_batch_size,
         block=run.eval_block, gemm=run.gemm, seconds_left=run.seconds_left, log=run.log,
-        progress=run.progress)
-
-
-def _records(run: _Run, part: _Part, entry: dict, with_per_image: bool) -> list[dict]:
-    """The cells of ``part`` at one scored stage, in the one schema (trained members and
-    their aliases), in the paper's order."""
-    from dataclasses import replace
-
-    from .evaluate import ACTIVE_UNITS_THRESHOLD
-    from .experiments import eval_subset_text
-    from .results import model_record, pack_per_image, slim_record
-
-    ds = run.ds
-    epochs = entry["epochs"]
-    out = {}
-    cells = [(c, i, None) for i, c in enumerate(part.configs)]
-    cells += [(c, twin, part.configs[twin].name) for c, twin in part.aliases.values()]
-    for cfg, i, twin_name in cells:
-        ll = entry["ll"][i]
-        nll = -ll
-        n = int(nll.shape[0])
-        evaluation = {
-            "nll": float(nll.mean()), "nll_stderr": float(nll.std() / n ** 0.5),
-            "eval_k": run.eval_k, "eval_n": n, "eval_n_total": int(ds.x_test.shape[0]),
-            "eval_subset": eval_subset_text(ds, run.n_eval), "eval_seed": run.eval_seed,
-            "test_binarization": (f"one fixed Bernoulli draw (CPU generator seed "
-                                  f"{run.eval_seed})" if ds.binarize else "none"),
-            "active_units": entry["active_units"][i],
-            "active_units_total": int(sum(entry["active_units"][i])),
-            "active_units_variances": entry["active_units_variances"][i],
-            "active_units_n": entry["active_units_n"],
-            "active_units_threshold": ACTIVE_UNITS_THRESHOLD,
-        }
-        extra: dict[str, Any] = {"wall_time_s": entry["seconds"], "gemm": entry.get("gemm"),
-                                 "run_dir": str(Path(entry["weights"]) / part.configs[i].name)}
-        diverged = [h for h in entry["histories"][i][:epochs] if h.get("frozen")]
-        if diverged:  # fast.fit_fast froze it: these are its weights before that epoch
-            e0 = int(diverged[0]["diverged_in_epoch"])
-            extra["frozen"] = {"diverged_in_epoch": e0, "weights_of_epoch": e0 - 1,
-                               "note": "diverged (NaN/inf) and frozen; scored at the weights "
-                                       f"after epoch {e0 - 1}, not {epochs}"}
-        if twin_name is not None:
-            extra["trained_as"] = twin_name
-            extra["note"] = ("at k = 1 the IWAE bound is the ELBO: this cell is the VAE k = 1 "
-                             "model, trained once")
-        if with_per_image:
-            extra["ll_per_image"] = pack_per_image(ll.tolist())
-        rec = model_record(asdict(replace(cfg, epochs=epochs)), run.dataset,
-                           entry["histories"][i][:epochs], evaluation, **extra)
-        out[rec["name"]] = slim_record(rec) if with_per_image else rec
-    from .results import table1_order
-
-    return [out[name] for name in table1_order(list(out.values()))]
-
-
-def _result(run: _Run, parts: list[_Part], done: dict, t_start: float) -> dict[str, Any]:
-    """The table file: the protocol, the scored stages (each with its cells, per-image
-    log-likelihoods and provenance), the furthest stage of every cell as ``configurations``
-    (the one result schema, :func:`iwae_tutorial.results.model_record`), and provenance."""
-    import torch
-
-    from .schedule import burda_schedule, truncate_schedule
-
-    ds = run.ds
-    stages = []
-    for e in sorted({e for p in parts for e in p.ends}):
-        cells, seconds, provs = [], {}, {}
-        for part in parts:
-            entry = done.get(_stage_key(part, e))
-            if entry is None:
-                continue
-            cells += _records(run, part, entry, with_per_image=True)
-            seconds[part.name] = entry["seconds"]
-            provs[part.name] = entry["provenance"]
-        if cells:
-            lr = truncate_schedule(burda_schedule(), e)[-1].lr * lr_scale_for_batch(
-                run.batch_size)
-            stages.append({"epochs": e, "stage": _stage_index(e), "lr": lr,
-                           "configurations": cells, "wall_time_s": seconds,
-                           "provenance": provs})
-    furthest = {}
-    for part in parts:
-        scored = [e for e in part.ends if _stage_key(part, e) in done]
-        if scored:
-            for rec in _records(run, part, done[_stage_key(part, scored[-1])],
-                                with_per_image=False):
-                furthest[rec["name"]] = rec
-    from .results import table1_order
-
-    configurations = [furthest[n] for n in table1_order(list(furthest.values()))]
-    complete = all(_stage_key(p, e) in done for p in parts for e in p.ends)
-    schedule = truncate_schedule(burda_schedule(), run.budget.epochs)
-    train_s = {p.name: float(sum(done[_stage_key(p, e)]["seconds"]["train"]
-                                 for e in p.ends if _stage_key(p, e) in done)) for p in parts}
-    eval_s = {p.name: float(sum(done[_stage_key(p, e)]["seconds"]["eval_nll"]
-                                for e in p.ends if _stage_key(p, e) in done)) for p in parts}
-    n_test_total = int(ds.x_test.shape[0])
-    from .experiments import eval_subset_text
-
-    return {
-        "dataset": run.dataset,
-        "budget": run.budget.name,
-        "status": "complete" if complete else "partial",
-        "protocol": {
-            "budget_definition": run.budget.description,
-            "is_paper_protocol": run.is_paper_protocol,
-            "n_train": run.n_train,
-            "n_train_total": int(ds.x_train.shape[0]),
-            "epochs": run.budget.epochs,
-            "epochs_by_layers": {p.name: p.epochs for p in parts},
-            "stage_ends": {p.name: p.ends for p in parts},
-            "paper_epochs": PAPER_EPOCHS,
-            "schedule": [asdict(s) for s in schedule],
-            "batch_size": run.batch_size,
-            "lr_scale": lr_scale_for_batch(run.batch_size),
-            "trainer": run.trainer,
-            "noise": {"exact": "each member's own torch.Generator, as train.fit (exact)",
-                      "fast": "counter-based, a hash of (seed, step) (iwae_tutorial.noise)",
-                      "fast-device": "the device's generator (torch.rand/randn), shared by "
-                                     "the members of a fleet"}[run.trainer],
-            "precision": ("training: TF32 matrix products; evaluation: float32" if run.tf32
-                          else "float32"),
-            "saved_state": ("Adam moments saved in bfloat16 (resumption not bit-for-bit)"
-                            if run.trainer != "exact" else "exact (float32)"),
-            "name": run.tag,
-            "optimizer": "Adam(betas=(0.9, 0.999), eps=1e-4)",
-            "binarization": "dynamic (fresh Bernoulli draw per use)" if ds.binarize
-                            else "none",
-            "eval_k": run.eval_k, "eval_n": run.n_eval, "eval_n_total": n_test_total,
-            "eval_subset": eval_subset_text(ds, run.n_eval), "eval_seed": run.eval_seed,
-            "eval_noise": "torch.Generator seeded stream_seed(eval_seed, 'eval-noise') per "
-                          "model",
-            "test_binarization": (f"one fixed Bernoulli draw (CPU generator seed "
-                                  f"{run.eval_seed})" if ds.binarize else "none"),
-            "per_image": "ll_per_image: base64 of little-endian int32 millinats of each test "
-                         "image's L_k, in the order of eval_subset "
-                         "(iwae_tutorial.results.unpack_per_image)",
-            "k1_iwae": "trained once: at k = 1 the IWAE is the VAE (trained_as)",
-            "active_units": {"n": 500, "threshold": 0.01,
-                             "data": f"the first 500 training images, binarized once "
-                                     f"(seed {run.eval_seed + 1}); layer 2 conditioned on one "
-                                     "sample of layer 1"},
-            "seed": run.seed,
-        },
-        "stages": stages,
-        "configurations": configurations,
-        "wall_time_s": {"train": train_s, "eval_nll": eval_s,
-                        "note": "per fleet (1L, 2L): the members of a fleet train and are "
-                                "evaluated together; summed over the scored stages",
-                        "this_invocation": time.perf_counter() - t_start},
-        "trainer": {"module": "iwae_tutorial.fleet" if run.trainer == "exact"
-                    else "iwae_tutorial.fast", "gemm": run.gemm,
-                    "cuda_graph": run.device.type == "cuda",
-                    "torch_threads": torch.get_num_threads()},
-        "provenance": {**run.started, "date_utc": _now(),
-                       "wall_seconds": round(time.perf_counter() - t_start, 3)},
-    }
-
-
-def _stage_index(epochs: int) -> int | None:
-    """0-based index of the paper's stage that ends after ``epochs`` epochs, else None."""
-    from .schedule import burda_schedule, stage_ends
-
-    ends = stage_ends(burda_schedule())
-    return ends.index(epochs) if epochs in ends else None
-
-
-def _print_table(result: dict) -> None:
-    p = result["protocol"]
-    print(f"{result['dataset']} / budget {result['budget']}: {p['n_train']} training images, "
-          f"{p['epochs']} epochs; NLL = -L_{p['eval_k']} on {p['eval_subset']}")
-    print(f"{'configuration':28s} {'NLL':>8s} {'paper':>7s} {'train bound':>12s} "
-          "active units")
-    for c in result["configurations"]:
-        paper = c["paper"]["nll"]
-        print(f"{c['name']:28s} {c['nll']:8.2f} {paper if paper is not None else '-':>7} "
-              f"{c['train_bound']:12.2f} {c['active_units']}")
-
+        progress=run.progress, stack_size=fleet_size)
 

@@ -21,7 +21,7 @@ from .paper import ONE_LAYER, PAPER_EPOCHS, TABLE1_KS, TWO_LAYERS, paper_numbers
 __all__ = ["published_dir", "SCHEMA", "model_record", "evaluation_fields", "read_record",
            "read_run_result", "load_result", "find_results", "table1_cells", "table1_order",
            "pack_per_image", "unpack_per_image", "slim_record",
-           "table1_markdown",
+           "table1_markdown", "table1_text",
            "active_units_markdown", "provenance_markdown", "gap_summary", "batch_study_rows",
            "batch_study_markdown", "check_finite_scores", "check_replaceable"]
 
@@ -283,6 +283,21 @@ def table1_order(records: list[dict[str, Any]]) -> list[str]:
         return (int(r["stochastic_layers"]), r["objective"] != "vae", r["objective"],
                 int(r["k"]), r["name"])
     return [r["name"] for r in sorted(records, key=key)]
+
+
+def table1_text(result: dict[str, Any]) -> str:
+    """A ``reproduce`` result as plain text: the protocol in one line, then per configuration
+    its NLL, the paper's, the final training bound and the active units (what it prints)."""
+    p = result["protocol"]
+    lines = [f"{result['dataset']} / budget {result['budget']}: {p['n_train']} training images, "
+             f"{p['epochs']} epochs; NLL = -L_{p['eval_k']} on {p['eval_subset']}",
+             f"{'configuration':28s} {'NLL':>8s} {'paper':>7s} {'train bound':>12s} "
+             "active units"]
+    for c in result["configurations"]:
+        paper = c["paper"]["nll"]
+        lines.append(f"{c['name']:28s} {c['nll']:8.2f} {paper if paper is not None else '-':>7} "
+                     f"{c['train_bound']:12.2f} {c['active_units']}")
+    return "\n".join(lines)
 
 
 def _fmt(v: float | None, nd: int = 2) -> str:
