@@ -13,6 +13,7 @@ import iwae_tutorial
 
 PKG_DIR = Path(iwae_tutorial.__file__).parent
 PKG = PKG_DIR.name
+ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 700
 
 
@@ -129,3 +130,13 @@ def test_the_device_path_imports_without_the_optional_packages():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_requirements_txt_is_generated_from_pyproject():
+    """One list of dependencies: requirements.txt is written from pyproject.toml."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_requirements.py"),
+                        "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
