@@ -45,7 +45,7 @@ import torch
 from iwae_tutorial.checkpoints import write_json_atomic
 from iwae_tutorial.experiments import RunConfig, eval_images, eval_subset_text, load_dataset
 from iwae_tutorial.fleet import Fleet
-from iwae_tutorial.objectives import LOG_W_OBJECTIVES, parse_objective
+from iwae_tutorial.objectives import fleet_objectives, parse_objective
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.runs import train_run
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     cfgs = configs(args.part, args.epochs, args.batch_size, args.n_train)
     ds = load_dataset(cfgs[0].dataset)
     x_train = ds.x_train if args.n_train is None else ds.x_train[:args.n_train]
-    in_fleet = [c for c in cfgs if parse_objective(c.objective)[0] in LOG_W_OBJECTIVES]
+    in_fleet = [c for c in cfgs if parse_objective(c.objective)[0] in fleet_objectives()]
     layers: list = []  # the architectures, in grid order (one: as the paper's list)
     for c in cfgs:
         if c.layers not in layers:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -26,17 +27,85 @@ from torch import Tensor
 from .bounds import elbo, iwae_bound, normalized_weights, power_bound
 from .models import IWAE, gaussian_log_prob
 
-__all__ = ["OBJECTIVES", "register", "loss", "loss_and_bound", "get_objective",
-           "LOG_W_OBJECTIVES", "OPTIONS", "parse_objective", "objective_slug",
-           "log_w_objective", "samples_per_point", "miwae_bound", "ciwae_bound", "rws_objective",
-           "log_q_at"]
+__all__ = ["ObjectiveRecord", "REGISTRY", "OBJECTIVES", "register", "loss", "loss_and_bound",
+           "get_objective", "parse_objective", "objective_slug", "log_w_objective",
+           "fleet_objectives", "samples_per_point", "miwae_bound", "ciwae_bound",
+           "rws_objective", "log_q_at"]
 
 Objective = Callable[..., tuple[Tensor, Tensor]]
-OBJECTIVES: dict[str, Objective] = {}
 
-#: the options each objective takes, with their defaults (whose type is the option's type)
-OPTIONS: dict[str, dict[str, float | int]] = {"power": {"p": 0.5}, "miwae": {"m": 1},
-                                              "ciwae": {"beta": 0.5}, "piwae": {"m": 1}}
+
+@dataclass(frozen=True)
+class ObjectiveRecord:
+    """Everything the package knows about one objective, in one place.
+
+    - ``fn(model, x, k, **options, **kw) -> (surrogate: [batch], bound: [batch])``;
+    - ``options``: its options with their defaults (a default's type is the option's type),
+      ``ranges``: the closed interval each option must lie in (ints are at least 1);
+    - ``log_w``: the objective as a function of the log-weights alone,
+      ``log_w: [n, batch] -> [batch]`` with the options as keywords, when there is one (the
+      fleet trainers can run it); None for estimators that change the gradient's path;
+    - ``groups``: the option that multiplies the samples per data point (MIWAE's ``m``).
+    """
+
+    name: str
+    fn: Objective
+    options: dict[str, float | int] = field(default_factory=dict)
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    log_w: Callable[..., Tensor] | None = None
+    groups: str | None = None
+
+    def check(self, key: str, value: float | int, spec: str | None = None) -> None:
+        """ValueError (one line) when ``value`` is out of the option's range."""
+        low, high = self.ranges.get(key, (1 if isinstance(self.options[key], int)
+                                          else -math.inf, math.inf))
+        if not (math.isfinite(value) and low <= value <= high):
+            where = f"objective {spec!r}" if spec else self.name
+            rng = (f"in [{low:g}, {high:g}]" if math.isfinite(high)
+                   else f"at least {low:g}" if math.isfinite(low) else "finite")
+            raise ValueError(f"{where}: {key} = {value} is out of range: {key} must be {rng}")
+
+
+#: the one registry: objective name -> its record (:func:`register` adds to it)
+REGISTRY: dict[str, ObjectiveRecord] = {}
+
+
+class _Functions(MutableMapping):
+    """``OBJECTIVES``: the registry seen as name -> ``fn`` (setting a name registers a plain
+    objective with no options; deleting one unregisters it)."""
+
+    def __getitem__(self, name: str) -> Objective:
+        return REGISTRY[name].fn
+
+    def __setitem__(self, name: str, fn: Objective) -> None:
+        REGISTRY[name] = ObjectiveRecord(name, fn)
+
+    def __delitem__(self, name: str) -> None:
+        del REGISTRY[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(REGISTRY)
+
+    def __len__(self) -> int:
+        return len(REGISTRY)
+
+
+OBJECTIVES: MutableMapping[str, Objective] = _Functions()
+
+
+def register(name: str, *, options: dict[str, float | int] | None = None,
+             ranges: dict[str, tuple[float, float]] | None = None,
+             log_w: Callable[..., Tensor] | None = None,
+             groups: str | None = None) -> Callable[[Objective], Objective]:
+    """Decorator: make ``fn(model, x, k, **kwargs) -> (surrogate, bound)`` available by name,
+    with its record (:class:`ObjectiveRecord`)."""
+
+    def deco(fn: Objective) -> Objective:
+        REGISTRY[name] = ObjectiveRecord(name, fn, dict(options or {}), dict(ranges or {}),
+                                         log_w, groups)
+        return fn
+
+    return deco
 
 
 def _groups(log_w: Tensor, m: int) -> Tensor:
@@ -53,17 +122,8 @@ def miwae_bound(log_w: Tensor, m: int = 1) -> Tensor:
 
 def ciwae_bound(log_w: Tensor, beta: float = 0.5) -> Tensor:
     """beta * ELBO + (1 - beta) * L_k on the same samples. log_w: [k, batch] -> [batch]"""
-    if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"ciwae: beta must be in [0, 1], got {beta}")
+    REGISTRY["ciwae"].check("beta", beta)  # its range is declared once, in the registry
     return beta * elbo(log_w) + (1.0 - beta) * iwae_bound(log_w)
-
-
-#: objectives that are a plain function of the log-weights, ``log_w: [n, batch] -> [batch]``
-#: (usable by code that computes log_w itself, such as the fleet trainer), options as keywords;
-#: n is :func:`samples_per_point` (m * k for MIWAE).
-LOG_W_OBJECTIVES: dict[str, Callable[..., Tensor]] = {
-    "vae": elbo, "iwae": iwae_bound, "power": power_bound, "miwae": miwae_bound,
-    "ciwae": ciwae_bound}
 
 
 def parse_objective(spec: str) -> tuple[str, dict[str, float | int]]:
@@ -74,10 +134,11 @@ def parse_objective(spec: str) -> tuple[str, dict[str, float | int]]:
     """
     name, _, rest = str(spec).partition(":")
     name = name.strip()
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)} "
+    if name not in REGISTRY:
+        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(REGISTRY)} "
                          "(options after a colon, e.g. power:p=2, miwae:m=5, ciwae:beta=0.05)")
-    allowed = OPTIONS.get(name, {})
+    record = REGISTRY[name]
+    allowed = record.options
     opts: dict[str, float | int] = dict(allowed)
     for item in filter(None, (t.strip() for t in rest.split(","))):
         key, eq, value = (t.strip() for t in item.partition("="))
@@ -90,10 +151,7 @@ def parse_objective(spec: str) -> tuple[str, dict[str, float | int]]:
         except ValueError:
             raise ValueError(f"objective {spec!r}: {key} must be a "
                              f"{type(allowed[key]).__name__}, got {value!r}") from None
-        if not math.isfinite(opts[key]) or (isinstance(allowed[key], int) and opts[key] < 1):
-            raise ValueError(f"objective {spec!r}: {key} = {value} is out of range")
-    if name == "ciwae" and not 0.0 <= opts["beta"] <= 1.0:
-        raise ValueError(f"objective {spec!r}: beta must be in [0, 1]")
+        record.check(key, opts[key], spec)
     return name, opts
 
 
@@ -103,49 +161,45 @@ def objective_slug(spec: str) -> str:
     return "-".join([name, *(f"{k}{v:g}" for k, v in opts.items())])
 
 
+def fleet_objectives() -> list[str]:
+    """The objectives the fleet trainers can run (those with a log-weights form)."""
+    return sorted(n for n, r in REGISTRY.items() if r.log_w is not None)
+
+
 def log_w_objective(spec: str) -> Callable[[Tensor], Tensor]:
     """The spec as a function ``log_w: [n, batch] -> [batch]`` (ValueError for estimators
     such as ``dreg``, ``stl`` and ``piwae`` that need more than the log-weights)."""
     name, opts = parse_objective(spec)
-    if name not in LOG_W_OBJECTIVES:
+    fn = REGISTRY[name].log_w
+    if fn is None:
         raise ValueError(f"{name} is not a function of the log-weights alone (it changes the "
-                         f"gradient's path); the fleet trains {sorted(LOG_W_OBJECTIVES)}; "
+                         f"gradient's path); the fleet trains {fleet_objectives()}; "
                          "train it with train.fit")
-    fn = LOG_W_OBJECTIVES[name]
     return functools.partial(fn, **opts) if opts else fn
 
 
 def samples_per_point(spec: str, k: int) -> int:
     """How many samples per data point the objective draws: m * k for MIWAE/PIWAE, else k."""
     name, opts = parse_objective(spec)
-    return int(k) * int(opts.get("m", 1)) if name in ("miwae", "piwae") else int(k)
+    groups = REGISTRY[name].groups
+    return int(k) * int(opts[groups]) if groups else int(k)
 
 
-def register(name: str) -> Callable[[Objective], Objective]:
-    """Decorator: make ``fn(model, x, k, **kwargs) -> (surrogate, bound)`` available by name."""
-
-    def deco(fn: Objective) -> Objective:
-        OBJECTIVES[name] = fn
-        return fn
-
-    return deco
-
-
-@register("vae")
+@register("vae", log_w=elbo)
 def vae_objective(model: IWAE, x: Tensor, k: int, **kw) -> tuple[Tensor, Tensor]:
     """The k-sample VAE bound: mean over samples of log w (the "minibatch ELBO")."""
     b = elbo(model.log_weights(x, k, **kw))
     return b, b
 
 
-@register("iwae")
+@register("iwae", log_w=iwae_bound)
 def iwae_objective(model: IWAE, x: Tensor, k: int, **kw) -> tuple[Tensor, Tensor]:
     """The IWAE bound L_k = log-mean-exp of the k log-weights."""
     b = iwae_bound(model.log_weights(x, k, **kw))
     return b, b
 
 
-@register("power")
+@register("power", options={"p": 0.5}, log_w=power_bound)
 def power_objective(model: IWAE, x: Tensor, k: int, p: float = 0.5,
                     **kw) -> tuple[Tensor, Tensor]:
     """The power bound log ((1/k) sum w^p)^(1/p): between the ELBO (p -> 0) and L_k (p = 1)."""
@@ -184,7 +238,7 @@ def stl_objective(model: IWAE, x: Tensor, k: int, **kw) -> tuple[Tensor, Tensor]
     return b, b.detach()
 
 
-@register("miwae")
+@register("miwae", options={"m": 1}, log_w=miwae_bound, groups="m")
 def miwae_objective(model: IWAE, x: Tensor, k: int, m: int = 1,
                     **kw) -> tuple[Tensor, Tensor]:
     """MIWAE(m, k) (Rainforth et al., 2018): m independent groups of k samples, the mean of
@@ -196,7 +250,8 @@ def miwae_objective(model: IWAE, x: Tensor, k: int, m: int = 1,
     return b, b
 
 
-@register("ciwae")
+@register("ciwae", options={"beta": 0.5}, ranges={"beta": (0.0, 1.0)},
+          log_w=ciwae_bound)
 def ciwae_objective(model: IWAE, x: Tensor, k: int, beta: float = 0.5,
                     **kw) -> tuple[Tensor, Tensor]:
     """CIWAE (Rainforth et al., 2018): beta * ELBO + (1 - beta) * L_k, both on the same k
@@ -241,7 +296,7 @@ def rws_objective(model: IWAE, x: Tensor, k: int, **kw) -> tuple[Tensor, Tensor]
     return surrogate, iwae_bound((log_p - log_q).detach())
 
 
-@register("piwae")
+@register("piwae", options={"m": 1}, groups="m")
 def piwae_objective(model: IWAE, x: Tensor, k: int, m: int = 1,
                     generator: torch.Generator | None = None,
                     eps: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
