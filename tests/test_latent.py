@@ -241,3 +241,21 @@ def test_traverse_unit_moves_one_unit_of_the_code():
     assert torch.allclose(flat, flat[:1].expand_as(flat))
     with pytest.raises(ValueError, match="unit 6"):
         latent.traverse_unit(m, x, 6, values)
+
+
+def test_a_loaded_model_says_when_its_epochs_are_not_the_configurations(tmp_path):
+    """What a cell says is what runs: a configuration of 1 epoch that loads a 7-epoch model
+    says so in the source line the chapters print."""
+    from iwae_tutorial.experiments import RunConfig
+
+    torch.manual_seed(5)
+    m = IWAE(784, [(8, 2)])
+    root = tmp_path / "ckpt"
+    save_checkpoint(root / "a.pt", {"model": m.state_dict(), "model_config": m.config})
+    (root / "a.json").write_text(json.dumps({"dataset": "mnist", "objective": "iwae", "k": 50,
+                                             "layers": [[8, 2]], "epochs": 7}))
+    for asked, note in ((1, True), (7, False)):
+        cfg = RunConfig(objective="iwae", k=50, layers=[[8, 2]], epochs=asked)
+        _, info = runs.load_or_train(cfg, device="cpu", root=root)
+        assert ("trained for 7 epochs (not the 1 this configuration would train here)"
+                in info["source"]) is note, info["source"]

@@ -366,6 +366,9 @@ def load_or_train(cfg: Any, device: torch.device | str | None = None, *, ds: Any
                      else f"checkpoint {path}")
             epochs = meta.get("epochs")
             source = where + (f", trained for {epochs} epochs" if epochs else "")
+            asked = getattr(cfg, "epochs", None)
+            if epochs and asked is not None and int(asked) != int(epochs):
+                source += f" (not the {asked} this configuration would train here)"
             model = load_model_file(path, device)
             _check_found(model, path, meta, cfg, ds)
             return model, {"source": source, **meta}
