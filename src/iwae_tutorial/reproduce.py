@@ -59,6 +59,7 @@ from .distributed import Ranks
 from .pacing import log_estimate, matmul_precision, stage_fits
 from .paper import EVAL_K, PAPER_EPOCHS, TABLE1_KS
 from .schedule import PAPER_BATCH, lr_scale_for_batch
+from .stopping import StopFlag
 from .tablefile import now_utc, result_file, stage_key
 
 if TYPE_CHECKING:
@@ -234,7 +235,8 @@ def reproduce(
     shard(TABLE1_KS, ranks)  # too many ranks (a fleet has a training group per k): say so now
     run_dir = ranks.state_dir(Path(run_root) / tag)  # a rank's own folder: its own lock
     dev = ranks.device(torch.device(device) if device else default_device())
-    with process_group(ranks, dev), RunDirLock(run_dir, "--run-root"):  # one process at a time
+    with (process_group(ranks, dev), RunDirLock(run_dir, "--run-root"),  # one at a time
+          StopFlag() as stop):  # a signal between (or at the very end of) steps stops here too
         if ds is None:
             if verbose:
                 _log(f"loading {dataset}")
@@ -250,7 +252,7 @@ def reproduce(
                    progress=progress, batch_size=batch_size, trainer=trainer, tf32=tf32,
                    verbose=verbose, two_layer_epochs=two_layer_epochs, tag=tag,
                    deadline=None if max_minutes is None else t_start + 60.0 * max_minutes,
-                   command=command, world=ranks.world,
+                   command=command, world=ranks.world, stop=stop,
                    started=json.loads(json.dumps(provenance(command=command, device=dev))))
         out_path = Path(results_dir) / f"{tag}.json"
         _check_replace(run, out_path, force)  # before anything is deleted or computed
@@ -276,7 +278,7 @@ def reproduce(
                 if whole_stages and not stage_fits(run, part, e, done, epoch_seconds_hint):
                     finished, reason = False, "the next stage does not fit in the time left"
                     break
-                scored = _score_stage(run, part, e)
+                scored = None if stop.requested else _score_stage(run, part, e)
                 if scored is None:
                     finished = False
                     break
@@ -351,6 +353,7 @@ class Run:
     command: list[str] | None
     started: dict  # provenance at the start of this invocation (the code that runs)
     world: int = 1  # the number of ranks (torchrun)
+    stop: Any = None  # the invocation's StopFlag (SIGTERM/SIGINT requested a stop)
 
     def log(self, msg: str) -> None:
         """A progress line on stderr (off with ``verbose=False``, e.g. in the built book)."""
@@ -513,6 +516,8 @@ def _score_stage(run: Run, part: Part, epochs: int) -> dict | None:
             return None
         fleet, histories = trained
         fleet.save_members(stage_dir, part.configs, histories)
+        if run.stop is not None and run.stop.requested:  # scored by the next invocation
+            return None
     loaded = [load_run(stage_dir / c.name) for c in part.configs]
     trained_gemm = load_tensors(stage_dir / part.configs[0].name / "checkpoint.pt").get("gemm")
     models = [m.to(run.device).eval() for m, _, _ in loaded]

@@ -15,7 +15,11 @@ __all__ = ["StopFlag"]
 
 
 class StopFlag:
-    """SIGTERM/SIGINT set a flag (checked at the end of each step) instead of killing."""
+    """SIGTERM/SIGINT set a flag (checked at the end of each step) instead of killing.
+
+    Nested flags: a signal caught by an inner one (a training loop inside ``reproduce``) is
+    passed to the outer one on exit, so the caller stops too, even when the inner loop had
+    nothing left to stop."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
@@ -36,3 +40,6 @@ class StopFlag:
     def __exit__(self, *exc) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
+            outer = getattr(h, "__self__", None)
+            if self.requested and isinstance(outer, StopFlag):
+                outer.requested = True  # a signal caught inside still stops the caller
