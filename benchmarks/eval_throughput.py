@@ -46,7 +46,7 @@ from train_throughput import (  # noqa: E402
 from iwae_tutorial.bounds import log_mean_exp  # noqa: E402
 from iwae_tutorial.evaluate import log_likelihood, log_likelihood_many  # noqa: E402
 from iwae_tutorial.fleet import table1_configs  # noqa: E402
-from iwae_tutorial.stacked import tune_malloc  # noqa: E402
+from iwae_tutorial.fleet.stacked import tune_malloc  # noqa: E402
 
 N_TEST = 10_000
 

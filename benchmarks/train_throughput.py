@@ -32,8 +32,8 @@ import torch
 
 from iwae_tutorial.checkpoints import write_json_atomic
 from iwae_tutorial.fleet import Fleet, FleetMember, table1_configs
+from iwae_tutorial.fleet.stacked import tune_malloc
 from iwae_tutorial.models import IWAE
-from iwae_tutorial.stacked import tune_malloc
 from iwae_tutorial.train import fit
 
 BATCH = 20
@@ -165,7 +165,7 @@ def ops_per_step(cfgs, device, bias, batch: int, noise: str) -> dict:
     by a TorchDispatchMode on an eager step: a device-independent proxy for kernel launches."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from iwae_tutorial.fast import _Steps
+    from iwae_tutorial.fleet.fast import _Steps
 
     class Count(TorchDispatchMode):
         def __init__(self):
@@ -184,7 +184,7 @@ def ops_per_step(cfgs, device, bias, batch: int, noise: str) -> dict:
     members = [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs]
     fl = Fleet(build_models(cfgs, device, bias), members)
     x = torch.rand(batch * 2, X_DIM, generator=torch.Generator().manual_seed(1)).to(device)
-    opt = fl._make_optimizer(1e-3, graph=False)
+    opt = fl.make_optimizer(1e-3, graph=False)
     steps = _Steps(fl, opt, x, batch, True, 1, False, noise)
     steps.new_epoch(0, 2)
     steps.one_step()  # Adam's state exists from here on
@@ -198,7 +198,7 @@ def time_fast(cfgs, device, bias, batch: int, steps: int, peak: float,
     """ms per step of the fast trainer with all 12 at ``batch`` (two timed epochs of ``steps``
     steps after a warm-up epoch, which includes the CUDA-graph capture), and the projected
     hours of the full table at that batch; ``noise``: the fast trainer's noise source."""
-    from iwae_tutorial.fast import fit_fast, projected_hours
+    from iwae_tutorial.fleet.fast import fit_fast, projected_hours
 
     members = [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs]
     fl = Fleet(build_models(cfgs, device, bias), members)
@@ -239,9 +239,9 @@ def main(argv=None) -> dict:
                    help="keep glibc's malloc defaults (by default stacked.tune_malloc() is "
                         "applied to the whole process: plain loops and fleet alike)")
     p.add_argument("--fast-batches", type=int, nargs="*", default=None, metavar="B",
-                   help="also time the fast trainer (iwae_tutorial.fast: counter-based noise, "
-                        "CUDA-graph blocks) at these batch sizes (default: 20 and 500 on CUDA, "
-                        "none on the CPU)")
+                   help="also time the fast trainer (iwae_tutorial.fleet.fast: counter-based "
+                        "noise, CUDA-graph blocks) at these batch sizes (default: 20 and 500 "
+                        "on CUDA, none on the CPU)")
     p.add_argument("--fast-steps", type=int, default=100,
                    help="steps per timed epoch of the fast trainer (default 100)")
     p.add_argument("--fast-noise", nargs="+", default=["counter", "device"],
@@ -267,7 +267,7 @@ def main(argv=None) -> dict:
     variants = {"fleet": "auto"}
     if device.type == "cpu" and not args.no_bmm_variant:
         variants["fleet_bmm_only"] = "bmm"
-        from iwae_tutorial.stacked import onednn_available
+        from iwae_tutorial.fleet.stacked import onednn_available
 
         if onednn_available():
             variants["fleet_onednn_only"] = "onednn"

@@ -31,11 +31,11 @@ from iwae_tutorial.checkpoints import write_json_atomic
 from iwae_tutorial.evaluate import ACTIVE_UNITS_THRESHOLD, log_likelihood_many, paper_active_units
 from iwae_tutorial.experiments import RunConfig, eval_images, load_dataset
 from iwae_tutorial.fleet import Fleet
+from iwae_tutorial.fleet.stacked import tune_malloc
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.results import evaluation_fields, model_record
 from iwae_tutorial.schedule import lr_scale_for_batch
-from iwae_tutorial.stacked import tune_malloc
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -69,8 +69,8 @@ def check_fused_eval(device: torch.device) -> dict:
 
 
 def check_fast_graph_vs_eager(device: torch.device) -> dict:
-    from iwae_tutorial.fast import fit_fast
     from iwae_tutorial.fleet import Fleet, FleetMember, table1_configs
+    from iwae_tutorial.fleet.fast import fit_fast
     from iwae_tutorial.models import IWAE
 
     if device.type != "cuda":
@@ -102,8 +102,8 @@ def check_fast_resume_on_device(device: torch.device) -> dict:
     read back) == two epochs in one go, up to rounding."""
     import tempfile
 
-    from iwae_tutorial.fast import fit_fast
     from iwae_tutorial.fleet import Fleet, FleetMember, table1_configs
+    from iwae_tutorial.fleet.fast import fit_fast
     from iwae_tutorial.models import IWAE
 
     cfgs = table1_configs("mnist", epochs=1)[:3]
@@ -129,7 +129,7 @@ def check_fast_resume_on_device(device: torch.device) -> dict:
 
 
 def check_noise_portable(device: torch.device) -> dict:
-    from iwae_tutorial import noise
+    from iwae_tutorial.fleet import noise
 
     seeds = noise.seed_tensor([0, 7, 2**40])
     cpu = noise.uniform(seeds, "noise", 12345, (1000,))

@@ -34,10 +34,10 @@ from iwae_tutorial.checkpoints import save_tensors, write_json_atomic
 from iwae_tutorial.evaluate import log_likelihood
 from iwae_tutorial.experiments import RunConfig, eval_images, load_dataset
 from iwae_tutorial.fleet import Fleet
+from iwae_tutorial.fleet.stacked import tune_malloc
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.runs import SHIPPED_DIR, load_run, train_run
-from iwae_tutorial.stacked import tune_malloc
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 0.05  # nats: float16 storage may not change the test NLL by more

@@ -8,11 +8,10 @@ import pytest
 import torch
 from helpers import grey, seeded_model, tiny_dataset
 
-from iwae_tutorial import noise
 from iwae_tutorial.checkpoints import SHARD_BYTES
 from iwae_tutorial.evaluate import log_likelihood_many
-from iwae_tutorial.fast import STATE_DIR, _block_size, fit_fast
-from iwae_tutorial.fleet import Fleet, FleetMember, table1_configs
+from iwae_tutorial.fleet import Fleet, FleetMember, noise, table1_configs
+from iwae_tutorial.fleet.fast import STATE_DIR, _block_size, fit_fast
 
 N, BATCH, DIM = 60, 20, 40
 ONE = [(24, 6)]
@@ -174,7 +173,7 @@ def test_device_noise_draws_the_reference_distributions():
     """The device source (torch.rand/randn on a generator) and the counter-based reference give
     the same distributions: normal and uniform moments and quantiles, Bernoulli rates, and
     permutations."""
-    from iwae_tutorial.fast import _CounterNoise, _DeviceNoise
+    from iwae_tutorial.fleet.fast import _CounterNoise, _DeviceNoise
 
     dev = torch.device("cpu")
     ref = _CounterNoise(noise.seed_tensor([0, 1]), [2])

@@ -33,13 +33,13 @@ from iwae_tutorial.checkpoints import (
     write_json_atomic,
 )
 from iwae_tutorial.experiments import RunConfig
-from iwae_tutorial.fast import STATE_DIR, fit_fast
 from iwae_tutorial.fleet import FLEET_CHECKPOINT, Fleet, FleetMember
+from iwae_tutorial.fleet.fast import STATE_DIR, fit_fast
+from iwae_tutorial.fleet.stacked import onednn_available
 from iwae_tutorial.integrity import MARKER_NAME, ForeignRunDirError
 from iwae_tutorial.models import IWAE
 from iwae_tutorial.results import check_finite_scores, find_results
 from iwae_tutorial.runs import CHECKPOINT_NAME, check_run_data, load_or_train, read_run
-from iwae_tutorial.stacked import onednn_available
 
 N, BATCH, K = 100, 20, 3
 
@@ -236,7 +236,7 @@ def test_fast_state_of_other_epochs_than_its_history(fast_state):
 def test_fast_log_after_a_kill_before_the_first_save(tmp_path, monkeypatch):
     import builtins
 
-    import iwae_tutorial.fast as fast_module
+    import iwae_tutorial.fleet.fast as fast_module
 
     real, seen = builtins.open, {"n": 0}
 
@@ -397,7 +397,7 @@ def test_load_or_train_refuses_weights_that_do_not_match(tmp_path):
 
 # ------------------------------------------------------------ 6. resume exact, whatever the choice
 def test_the_fleet_resumes_with_the_kernels_it_was_trained_with(tmp_path, monkeypatch):
-    import iwae_tutorial.stacked as stacked
+    import iwae_tutorial.fleet.stacked as stacked
 
     whole = small_fleet("bmm")
     full = whole.fit(grey(N), epochs=2, batch_size=BATCH, progress=False, handle_signals=False)

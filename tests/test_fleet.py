@@ -15,9 +15,7 @@ from helpers import seeded_model
 from iwae_tutorial.evaluate import log_likelihood, log_likelihood_many
 from iwae_tutorial.experiments import RunConfig
 from iwae_tutorial.fleet import FLEET_CHECKPOINT, Fleet, FleetMember, table1_configs
-from iwae_tutorial.models import IWAE
-from iwae_tutorial.runs import load_run
-from iwae_tutorial.stacked import (
+from iwae_tutorial.fleet.stacked import (
     StackedSpec,
     onednn_available,
     onednn_faster,
@@ -25,6 +23,8 @@ from iwae_tutorial.stacked import (
     stacked_log_weights,
     unstack_state_dict,
 )
+from iwae_tutorial.models import IWAE
+from iwae_tutorial.runs import load_run
 from iwae_tutorial.train import TrainingDivergedError, fit
 
 N, BATCH, DIM = 60, 20, 40
@@ -243,7 +243,7 @@ def test_bad_member_is_refused():
 
 @pytest.mark.parametrize("d", [784, 101, 37, 1])
 def test_softplus_sum(d):
-    from iwae_tutorial.stacked import _softplus_sum
+    from iwae_tutorial.fleet.stacked import _softplus_sum
 
     logits = 12 * torch.randn(3, 50, d, generator=torch.Generator().manual_seed(d),
                               dtype=torch.float64)

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from .checkpoints import CheckpointError, load_tensors, save_tensors
 from .evaluate import chunk_size_for, log_likelihood_many
+from .fleet.stacked import resolve_gemm
 from .models import IWAE
-from .stacked import resolve_gemm
 from .stopping import StopFlag
 
 __all__ = ["evaluate_in_blocks"]

@@ -258,15 +258,17 @@ def _add_reproduce_args(p: argparse.ArgumentParser) -> None:
                         "the result file's protocol and name (-bB)")
     p.add_argument("--trainer", choices=("exact", "fast", "fast-device"), default="exact",
                    help="exact (default): each member's noise from its own generator, equal to "
-                        "training it alone; fast: counter-based noise and CUDA-graph blocks of "
-                        "steps (iwae_tutorial.fast), for GPUs (named -fast); fast-device: the "
-                        "same with the device's generator, fewer kernels (named -fast-device)")
+                        "training it alone; fast: counter-based noise and CUDA-graph blocks "
+                        "of steps (iwae_tutorial.fleet.fast), for GPUs (named -fast); "
+                        "fast-device: the same with the device's generator, fewer kernels "
+                        "(named -fast-device)")
     p.add_argument("--tf32", action="store_true",
                    help="TF32 matrix products on CUDA (named -tf32)")
     p.add_argument("--gemm", choices=("auto", "onednn", "bmm"), default="auto",
                    help="matrix-product kernels of the fleet on the CPU (default auto)")
     p.add_argument("--no-malloc-tuning", action="store_true",
-                   help="keep glibc's malloc defaults (see iwae_tutorial.stacked.tune_malloc)")
+                   help="keep glibc's malloc defaults (see "
+                        "iwae_tutorial.fleet.stacked.tune_malloc)")
     _add_data_args(p)
 
 
@@ -553,8 +555,8 @@ def _run_lock(run: Path, writing_into: bool) -> Iterator[None]:
 
 def cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .checkpoints import check_writable
+    from .fleet.stacked import tune_malloc
     from .reproduce import EXIT_NOT_FINISHED, protocol_tag, reproduce, resolve_budget
-    from .stacked import tune_malloc
 
     _not_empty(("--run-root", args.run_root, "runs/reproduce"),
                ("--results-dir", args.results_dir, "results"))

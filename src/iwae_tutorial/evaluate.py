@@ -1,7 +1,7 @@
 """Evaluation: the test log-likelihood estimate L_5000 and the count of active units.
 
 :func:`log_likelihood` evaluates one model; :func:`log_likelihood_many` many at once (models of
-the same architecture stacked, by the fused pass of :mod:`iwae_tutorial.stacked`, which the
+the same architecture stacked, by the fused pass of :mod:`iwae_tutorial.fleet.stacked`, which the
 fleet trainer also uses: evaluation does not depend on the trainer).
 """
 
@@ -14,14 +14,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .models import IWAE
-from .stacked import (
+from .fleet.stacked import (
     StackedSpec,
     encode_first_layer,
     resolve_gemm,
     stack_state_dicts,
     stacked_log_weights,
 )
+from .models import IWAE
 
 __all__ = ["log_likelihood", "log_likelihood_many", "chunk_size_for", "active_units",
            "ActiveUnits", "LogMeanExpAccumulator", "paper_active_units", "ACTIVE_UNITS_N",

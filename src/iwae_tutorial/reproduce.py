@@ -183,7 +183,7 @@ def reproduce(
     The protocol is the budget, then what differs from the paper's: ``-2L<E>`` when
     ``two_layer_epochs`` stops the two-layer cells after E epochs, ``-b<batch_size>`` for a
     batch other than 20 (its learning rates scaled by ``schedule.lr_scale_for_batch``),
-    ``-fast`` for the fast trainer (:mod:`iwae_tutorial.fast`: counter-based noise, CUDA-graph
+    ``-fast`` for the fast trainer (:mod:`iwae_tutorial.fleet.fast`: counter-based noise, CUDA-graph
     blocks) instead of the exact one, ``-tf32`` for TF32 matrix products on CUDA.
 
     The one-layer and the two-layer cells train as two fleets; the IWAE with k = 1 is the VAE
@@ -471,8 +471,8 @@ def _train_to(run: Run, part: Part, epochs: int):
     -> (fleet, histories), or None when it stopped early (state saved)."""
     import torch
 
-    from .fast import STATE_DIR, fit_fast
     from .fleet import FLEET_CHECKPOINT, Fleet
+    from .fleet.fast import STATE_DIR, fit_fast
     from .schedule import truncate_schedule
 
     fleet = Fleet.from_configs(part.configs, run.ds, run.device, gemm=run.gemm)

@@ -2,7 +2,7 @@
 checks at the end of each step (and saves its state), instead of killing the process.
 
 :class:`StopFlag` is used by :meth:`iwae_tutorial.fleet.Fleet.fit`,
-:func:`iwae_tutorial.fast.fit_fast` and ``reproduce``'s evaluation (re-exported by
+:func:`iwae_tutorial.fleet.fast.fit_fast` and ``reproduce``'s evaluation (re-exported by
 :mod:`iwae_tutorial.fleet`).
 """
 

@@ -30,9 +30,9 @@ from .evaluate import (
     reconstruction_loss,
 )
 from .experiments import RunConfig, eval_subset_text
+from .fleet.stacked import tune_malloc
 from .models import IWAE
 from .results import evaluation_fields, model_record
-from .stacked import tune_malloc
 
 __all__ = ["score_models", "RECON_SAMPLES", "start", "finished_parts", "paired_difference",
            "earlier_provenance", "RUN_ARGUMENTS", "add_run_arguments", "protocol_args",

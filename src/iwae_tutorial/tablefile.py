@@ -146,7 +146,7 @@ def result_file(run: Any, parts: list[Any], done: dict, t_start: float) -> dict[
             "lr_scale": lr_scale_for_batch(run.batch_size),
             "trainer": run.trainer,
             "noise": {"exact": "each member's own torch.Generator, as train.fit (exact)",
-                      "fast": "counter-based, a hash of (seed, step) (iwae_tutorial.noise)",
+                      "fast": "counter-based, a hash of (seed, step) (iwae_tutorial.fleet.noise)",
                       "fast-device": "the device's generator (torch.rand/randn), shared by "
                                      "the members of a fleet"}[run.trainer],
             "precision": ("training: TF32 matrix products; evaluation: float32" if run.tf32
@@ -180,7 +180,7 @@ def result_file(run: Any, parts: list[Any], done: dict, t_start: float) -> dict[
                                 "evaluated together; summed over the scored stages",
                         "this_invocation": time.perf_counter() - t_start},
         "trainer": {"module": "iwae_tutorial.fleet" if run.trainer == "exact"
-                    else "iwae_tutorial.fast", "gemm": run.gemm,
+                    else "iwae_tutorial.fleet.fast", "gemm": run.gemm,
                     "cuda_graph": run.device.type == "cuda",
                     "torch_threads": torch.get_num_threads(),
                     **({"ranks": run.world} if run.world > 1 else {})},

@@ -7,7 +7,7 @@ instead:
 
 - members with the same architecture and the same ``k`` form a *group*; a group's parameters
   are stacked, ``[M, ...]``, and its forward and backward passes are those of
-  :mod:`iwae_tutorial.stacked` (a handful of batched matmuls over all M members at once with
+  :mod:`iwae_tutorial.fleet.stacked` (a handful of batched matmuls over all M members at once with
   fused element-wise work; oneDNN for the large products on the CPU);
 - one Adam (fused when the device supports it) updates every parameter of every member:
   Adam is element-wise, so one Adam over stacked tensors is M independent Adams;
@@ -33,9 +33,9 @@ Public API
 - :class:`FitResult`, :class:`StopFlag` (SIGTERM/SIGINT as a flag), :data:`FLEET_CHECKPOINT`.
 - :func:`table1_configs`: the 12 configurations of Table 1 (RunConfig objects).
 
-The stacked layout is :mod:`iwae_tutorial.stacked`; L_5000 of many models at once is
+The stacked layout is :mod:`iwae_tutorial.fleet.stacked`; L_5000 of many models at once is
 :func:`iwae_tutorial.evaluate.log_likelihood_many`; the fast (counter-based noise, CUDA-graph
-blocks) trainer of a fleet is :func:`iwae_tutorial.fast.fit_fast`.
+blocks) trainer of a fleet is :func:`iwae_tutorial.fleet.fast.fit_fast`.
 """
 
 from __future__ import annotations
@@ -51,20 +51,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoints import RunDirLock, save_tensors, sync_log, write_json_atomic
-from .integrity import check_histories, check_rngs
-from .models import IWAE
-from .objectives import log_w_objective, samples_per_point
-from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
-from .stacked import (
-    StackedSpec,
-    resolve_gemm,
-    stack_state_dicts,
-    stacked_log_weights,
-    unstack_state_dict,
-)
-from .stopping import StopFlag
-from .train import (
+from ..checkpoints import RunDirLock, save_tensors, sync_log, write_json_atomic
+from ..integrity import check_histories, check_rngs
+from ..models import IWAE
+from ..objectives import log_w_objective, samples_per_point
+from ..schedule import Stage, lr_at, resolve_schedule, schedule_epochs
+from ..stopping import StopFlag
+from ..train import (
     LOG_NAME,
     RESTART_FIX,
     TrainingDivergedError,
@@ -74,6 +67,13 @@ from .train import (
     fingerprint,
     load_checkpoint,
     make_generators,
+)
+from .stacked import (
+    StackedSpec,
+    resolve_gemm,
+    stack_state_dicts,
+    stacked_log_weights,
+    unstack_state_dict,
 )
 
 __all__ = ["FleetMember", "Fleet", "FitResult", "table1_configs", "FLEET_CHECKPOINT",
@@ -103,8 +103,8 @@ def table1_configs(dataset: str = "mnist", *, epochs: int | None = None,
                    lr_scale: float = 1.0) -> list:
     """The 12 configurations of Table 1 (VAE/IWAE x k in 1, 5, 50 x 1 or 2 stochastic layers),
     as :class:`~iwae_tutorial.experiments.RunConfig`, all with the same ``seed``."""
-    from .experiments import RunConfig
-    from .paper import ARCHITECTURES, table1_grid
+    from ..experiments import RunConfig
+    from ..paper import ARCHITECTURES, table1_grid
 
     return [RunConfig(dataset=dataset, objective=objective, k=k,
                       layers=[list(s) for s in ARCHITECTURES[layers]], epochs=epochs,
@@ -140,7 +140,7 @@ class _Group:
         return bounds.gather(0, sel).squeeze(0)
 
 
-def _group_loss(groups: Sequence[_Group], xs: Sequence[Tensor],
+def group_loss(groups: Sequence[_Group], xs: Sequence[Tensor],
                 eps: Sequence[Sequence[Tensor]]) -> tuple[Tensor, Tensor]:
     """Sum over members of the negative batch-mean objective, and the bounds [M_total]."""
     loss = None
@@ -203,7 +203,7 @@ class Fleet:
         members: one :class:`FleetMember` per model (objective, k, seed, name).
         gemm: matrix products by "bmm" (torch.bmm; any device), "onednn" (float32 on the
             CPU; ~2x faster where MKL is slow, see
-            :func:`~iwae_tutorial.stacked.onednn_available`) or "auto"
+            :func:`~iwae_tutorial.fleet.stacked.onednn_available`) or "auto"
             (oneDNN when usable; ``$IWAE_FLEET_GEMM`` overrides).
     """
 
@@ -243,7 +243,7 @@ class Fleet:
                      gemm: str = "auto") -> Fleet:
         """A fleet of :class:`~iwae_tutorial.experiments.RunConfig` on data set ``ds``, each
         member initialised exactly as :func:`~iwae_tutorial.experiments.build_model` does."""
-        from .experiments import build_model
+        from ..experiments import build_model
 
         models = [build_model(c, ds, device) for c in cfgs]
         members = [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs]
@@ -289,7 +289,7 @@ class Fleet:
             out.update({f"{nm}.{key}": v for key, v in member.items()})
         return out
 
-    def _nonfinite_members(self) -> list[str]:
+    def nonfinite_members(self) -> list[str]:
         """Names of the members with a NaN or inf parameter (one host sync)."""
         flags = torch.cat([torch.stack([torch.isfinite(t.detach().flatten(1).sum(1))  # [M_g]
                                         for t in g.params.values()]).all(0)
@@ -342,11 +342,11 @@ class Fleet:
         schedule = resolve_schedule(schedule, epochs)
         total_epochs = schedule_epochs(schedule)
         device = self.device
-        x_train, steps_per_epoch, use_graph = self._prepare_fit(x_train, batch_size, cuda_graph)
+        x_train, steps_per_epoch, use_graph = self.prepare_fit(x_train, batch_size, cuda_graph)
         n, x_dim = x_train.shape
 
         gens = [make_generators(m.seed, device) for m in self.members]
-        opt = self._make_optimizer(schedule[0].lr, graph=use_graph)
+        opt = self.make_optimizer(schedule[0].lr, graph=use_graph)
         ckpt_path = Path(run_dir) / FLEET_CHECKPOINT if run_dir is not None else None
         fprint = self.fingerprint(n, batch_size, binarize, data_digest(x_train))
         pos = _Position([[] for _ in range(len(self))])
@@ -381,7 +381,7 @@ class Fleet:
                                                leave=False))
             for epoch in range(pos.epoch, total_epochs):
                 lr = lr_at(schedule, epoch)
-                _set_lr(opt, lr)
+                set_lr(opt, lr)
                 t0 = time.perf_counter()
                 if pos.step == 0:
                     pos.new_epoch(epoch, [torch.randperm(n, generator=gens[i]["order"])
@@ -407,7 +407,7 @@ class Fleet:
                 self._save(ckpt_path, opt, gens, fprint, pos)
                 if ckpt_path is not None:  # after the checkpoint (see _resume)
                     with open(ckpt_path.with_name(LOG_NAME), "a") as f:
-                        f.write(json.dumps(self._log_entries(pos.history)[-1]) + "\n")
+                        f.write(json.dumps(self.log_entries(pos.history)[-1]) + "\n")
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(sec=f"{seconds:.1f}")
@@ -427,14 +427,14 @@ class Fleet:
         fix = f"delete it, or {RESTART_FIX}"
         check_histories(state["history"], ckpt_path, self.names, epoch=state["epoch"], fix=fix)
         check_rngs(state["rng"], self.names, ("order", "binarize", "noise"), ckpt_path, fix=fix)
-        self._use_gemm(state.get("gemm"), ckpt_path)
+        self.use_gemm(state.get("gemm"), ckpt_path)
         saved = state.get("fingerprint")
         old = saved.get("members") if isinstance(saved, dict) else None
         if isinstance(old, list) and old and isinstance(old[0], dict):  # older versions' layout
             saved = {"members": [m.get("name") for m in old], "binarize": saved.get("binarize")}
         check_resumable(saved, fprint, state["history"][0], schedule, str(ckpt_path.parent),
                         place="another --run-root", other="another fleet or data set")
-        self._load_state(state, opt)
+        self.load_state(state, opt)
         for g, s in zip(gens, state["rng"]):
             for name in g:
                 g[name].set_state(s[name].cpu())  # CPU ByteTensors, even for CUDA
@@ -445,14 +445,14 @@ class Fleet:
             pos.bound_sum = state["bound_sum"].to(self.device)
             pos.first_bad = state["first_bad"].to(self.device)
             pos.epoch_seconds = float(state["epoch_seconds"])
-        sync_log(ckpt_path.with_name(LOG_NAME), self._log_entries(pos.history))
+        sync_log(ckpt_path.with_name(LOG_NAME), self.log_entries(pos.history))
         return pos
 
     def _save(self, ckpt_path: Path | None, opt: torch.optim.Optimizer, gens: list[dict],
               fprint: dict, pos: _Position) -> None:
         """Write the fleet checkpoint (everything to resume at ``pos``), unless a member's
         parameters are NaN or infinite (then the last good checkpoint stays)."""
-        bad = self._nonfinite_members()
+        bad = self.nonfinite_members()
         if bad:
             where = (f"the last good checkpoint is kept at {ckpt_path}" if ckpt_path is not
                      None and ckpt_path.exists() else "no checkpoint was written")
@@ -463,7 +463,7 @@ class Fleet:
         if ckpt_path is None:
             return
         state = {
-            "params": {self._group_name(g): {n_: t.detach() for n_, t in g.params.items()}
+            "params": {self.group_name(g): {n_: t.detach() for n_, t in g.params.items()}
                        for g in self.groups},
             "optimizer": opt.state_dict(),
             "rng": [{name: gg.get_state() for name, gg in g.items()} for g in gens],
@@ -476,7 +476,7 @@ class Fleet:
                          first_bad=pos.first_bad.cpu(), epoch_seconds=pos.epoch_seconds)
         save_tensors(ckpt_path, state)
 
-    def _use_gemm(self, saved: object, ckpt_path: Path) -> None:
+    def use_gemm(self, saved: object, ckpt_path: Path) -> None:
         """Resume with the checkpoint's matrix-product kernels (they change the rounding): an
         automatic choice gives way, another explicit one is refused; no entry: keep ours."""
         if not isinstance(saved, str) or saved == self.gemm:
@@ -493,7 +493,7 @@ class Fleet:
         for g in self.groups:
             g.gemm = saved
 
-    def _log_entries(self, history: Sequence[Sequence[dict]]) -> list[dict]:
+    def log_entries(self, history: Sequence[Sequence[dict]]) -> list[dict]:
         """The lines of the fleet's ``log.jsonl``, one per epoch, from the members' histories."""
         return [{"epoch": first["epoch"], "lr": first["lr"], "seconds": first["seconds"],
                  "train_bound": {self.names[i]: history[i][e]["train_bound"]
@@ -507,7 +507,7 @@ class Fleet:
             if s >= 0:
                 _diverged(self.names[self.order[pos]], epoch, s, steps_per_epoch, ckpt_path)
 
-    def _prepare_fit(self, x_train: Tensor, batch_size: int,
+    def prepare_fit(self, x_train: Tensor, batch_size: int,
                      cuda_graph: bool | None) -> tuple[Tensor, int, bool]:
         """Checks of a fit (exact or fast): -> (x_train on the fleet's device, steps per epoch,
         whether to use a CUDA graph)."""
@@ -526,7 +526,7 @@ class Fleet:
             raise ValueError("cuda_graph=True needs the fleet on a CUDA device")
         return x_train, n // batch_size, use_graph
 
-    def _load_state(self, state: dict, opt: torch.optim.Optimizer) -> None:
+    def load_state(self, state: dict, opt: torch.optim.Optimizer) -> None:
         """A checkpoint's stacked parameters and Adam state; ``opt`` keeps its kind of lr."""
         self._load_params(state["params"])
         lrs = [group["lr"] for group in opt.param_groups]
@@ -534,7 +534,7 @@ class Fleet:
         for group, lr0 in zip(opt.param_groups, lrs):
             group["lr"] = lr0
 
-    def _make_optimizer(self, lr: float, graph: bool) -> torch.optim.Adam:
+    def make_optimizer(self, lr: float, graph: bool) -> torch.optim.Adam:
         """One Adam over all stacked parameters (betas and eps of train.make_optimizer)."""
         params = self.parameters()
         kw: dict = {"betas": (0.9, 0.999), "eps": 1e-4}
@@ -546,12 +546,12 @@ class Fleet:
         except (RuntimeError, TypeError, ValueError):  # pragma: no cover - old torch/device
             return torch.optim.Adam(params, lr=lr, foreach=True, **kw)
 
-    def _group_name(self, g: _Group) -> str:
+    def group_name(self, g: _Group) -> str:
         return "+".join(self.names[i] for i in g.idx)
 
     def _load_params(self, stacked: dict[str, dict[str, Tensor]]) -> None:
         for g in self.groups:
-            src = stacked[self._group_name(g)]
+            src = stacked[self.group_name(g)]
             with torch.no_grad():
                 for n_, t in g.params.items():
                     t.copy_(src[n_])
@@ -563,7 +563,7 @@ class Fleet:
         (model weights, model config, history) and, when ``configs`` (RunConfig per member)
         are given, ``config.json``, so :func:`iwae_tutorial.runs.load_run` reads it.
         Also writes ``<directory>/fleet.json`` (the members and their files)."""
-        from .runs import write_run
+        from ..runs import write_run
 
         directory = Path(directory)
         out = [write_run(directory / name, self.model(i, device="cpu"),
@@ -578,7 +578,7 @@ class Fleet:
         return out
 
 
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         if isinstance(group["lr"], Tensor):
             group["lr"].fill_(lr)
@@ -609,7 +609,7 @@ class _Stepper:
         # per group per layer [M_g, k, B, d_l]
         self.eps_buf = [[torch.empty(g.size, g.k, batch_size, d, device=dev, dtype=dt)
                          for d in g.spec.latent_dims] for g in fleet.groups]
-        self.loss_fn = _group_loss
+        self.loss_fn = group_loss
         self.graph = None
         if use_graph:
             self.graph = _CudaGraphStep(self)

@@ -6,7 +6,7 @@ each member equals a model trained alone, bit for bit on the CPU. That costs ~30
 calls from Python per step, outside any CUDA graph: on a GPU the step is launch-bound.
 
 :func:`fit_fast` keeps what a member must keep (its objective, k, seed and Adam state) and
-changes only where its random numbers come from: :mod:`iwae_tutorial.noise`, a hash of (the
+changes only where its random numbers come from: :mod:`iwae_tutorial.fleet.noise`, a hash of (the
 member's seed, the global step, the element), drawn for all members of a group in one tensor
 operation. So
 
@@ -69,8 +69,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import noise
-from .checkpoints import (
+from ..checkpoints import (
     CheckpointError,
     RunDirLock,
     load_sharded,
@@ -78,11 +77,12 @@ from .checkpoints import (
     sync_log,
     write_json_atomic,
 )
-from .fleet import StopFlag, _group_loss, _set_lr
-from .integrity import check_histories
-from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
-from .seeding import stream_seed
-from .train import TrainingDivergedError, check_resumable, data_digest
+from ..integrity import check_histories
+from ..schedule import Stage, lr_at, resolve_schedule, schedule_epochs
+from ..seeding import stream_seed
+from ..train import TrainingDivergedError, check_resumable, data_digest
+from . import noise
+from .exact import StopFlag, group_loss, set_lr
 
 __all__ = ["fit_fast", "FastResult", "STATE_DIR", "NOISE_SOURCES", "MOMENT_DTYPES",
            "projected_hours"]
@@ -106,8 +106,9 @@ class FastResult:
 
 
 class _CounterNoise:
-    """The reference noise: :mod:`iwae_tutorial.noise`, a hash of (member seed, step, element).
-    ``seeds: [M]`` in the fleet's internal order, ``group_seeds``: their split by group."""
+    """The reference noise: :mod:`iwae_tutorial.fleet.noise`, a hash of (member seed, step,
+    element). ``seeds: [M]`` in the fleet's internal order, ``group_seeds``: their split by
+    group."""
 
     kind = "counter"
 
@@ -218,7 +219,7 @@ class _Steps:
         eps = [[self.noise.normal(gi, level, (g.k, self.B, d), x.dtype, self.gstep_t)
                 for level, d in enumerate(g.spec.latent_dims)]
                for gi, g in enumerate(fleet.groups)]
-        loss, bounds = _group_loss(fleet.groups, xs, eps)
+        loss, bounds = group_loss(fleet.groups, xs, eps)
         for p in fleet.parameters():
             p.grad = None
         loss.backward()
@@ -372,12 +373,12 @@ def fit_fast(
         raise ValueError(f"moments must be one of {', '.join(MOMENT_DTYPES)}, got {moments!r}")
     schedule = resolve_schedule(schedule, epochs)
     total = schedule_epochs(schedule)
-    x_train, steps_per_epoch, use_graph = fleet._prepare_fit(x_train, batch_size, cuda_graph)
+    x_train, steps_per_epoch, use_graph = fleet.prepare_fit(x_train, batch_size, cuda_graph)
     n = x_train.shape[0]
     block = _block_size(steps_per_epoch, block)
-    opt = fleet._make_optimizer(schedule[0].lr, graph=use_graph)
+    opt = fleet.make_optimizer(schedule[0].lr, graph=use_graph)
     fprint = {**fleet.fingerprint(n, batch_size, binarize, data_digest(x_train)),
-              "noise": ("counter-based (iwae_tutorial.noise)" if noise == "counter"
+              "noise": ("counter-based (iwae_tutorial.fleet.noise)" if noise == "counter"
                         else "the device's generator")}
     state_dir = Path(run_dir) / STATE_DIR if run_dir is not None else None
     history: list[list[dict]] = [[] for _ in range(len(fleet))]
@@ -410,7 +411,7 @@ def fit_fast(
         try:
             for epoch in range(start, total):
                 lr = lr_at(schedule, epoch)
-                _set_lr(opt, lr)
+                set_lr(opt, lr)
                 t0 = time.perf_counter()
                 if freeze_diverged:
                     steps.snapshot()
@@ -420,7 +421,7 @@ def fit_fast(
                 means = (steps.bound_sum / steps_per_epoch).cpu().tolist()  # one sync
                 bad = [fleet.names[fleet.order[p]] for p, s in
                        enumerate(steps.first_bad.cpu().tolist()) if s >= 0]
-                bad += [name for name in fleet._nonfinite_members()
+                bad += [name for name in fleet.nonfinite_members()
                         if name not in bad and name not in frozen]
                 if bad and (not freeze_diverged or len(frozen) + len(bad) == len(fleet)
                             or epoch == 0):  # no finite epoch to freeze at
@@ -446,7 +447,7 @@ def fit_fast(
                     history[i].append(entry)
                 if run_dir is not None:
                     with open(Path(run_dir) / "log.jsonl", "a") as f:  # repaired on resume
-                        f.write(json.dumps(fleet._log_entries(history)[-1]) + "\n")
+                        f.write(json.dumps(fleet.log_entries(history)[-1]) + "\n")
                 if bar is not None:
                     bar.update(1)
                 if callback is not None:
@@ -480,7 +481,7 @@ def _save(fleet, opt, steps: _Steps, state_dir: Path | None, fprint: dict, epoch
                                       else v) for k, v in st.items()}
                               for i, st in opt_state["state"].items()}
     save_sharded(state_dir, {
-        "params": {fleet._group_name(g): {k: t.detach() for k, t in g.params.items()}
+        "params": {fleet.group_name(g): {k: t.detach() for k, t in g.params.items()}
                    for g in fleet.groups},
         "optimizer": opt_state, "epoch": epochs_done, "history": history,
         "fingerprint": fprint, "names": fleet.names, "gemm": fleet.gemm,
@@ -488,7 +489,7 @@ def _save(fleet, opt, steps: _Steps, state_dir: Path | None, fprint: dict, epoch
     write_json_atomic(state_dir / "about.json", {
         "epochs_done": epochs_done, "members": fleet.names, "frozen": frozen,
         "moments": moments, "noise": steps.noise.kind,
-        "what": "the sharded state of iwae_tutorial.fast.fit_fast: carry this folder into "
+        "what": "the sharded state of iwae_tutorial.fleet.fast.fit_fast: carry this folder into "
                 "the next command to continue"})
 
 
@@ -516,9 +517,9 @@ def _resume(fleet, opt, state_dir: Path, fprint: dict,
     check_resumable(state.get("fingerprint"), fprint, state["history"][0], schedule,
                     str(state_dir.parent), place="another --run-root",
                     other="another fleet or data set")
-    fleet._use_gemm(state.get("gemm"), where)  # the kernels it was trained with
+    fleet.use_gemm(state.get("gemm"), where)  # the kernels it was trained with
     try:
-        fleet._load_state(state, opt)
+        fleet.load_state(state, opt)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"the state in {state_dir} does not fit this fleet "
                               f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
@@ -528,7 +529,7 @@ def _resume(fleet, opt, state_dir: Path, fprint: dict,
         raise CheckpointError(f"the state in {state_dir} names frozen members this fleet "
                               f"lacks; {fix}")
     history = [list(h) for h in state["history"]]
-    sync_log(state_dir.parent / "log.jsonl", fleet._log_entries(history))
+    sync_log(state_dir.parent / "log.jsonl", fleet.log_entries(history))
     return int(state["epoch"]), history, state
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .models import IWAE
+from ..models import IWAE
 
 __all__ = [
     "StackedSpec", "stack_state_dicts", "unstack_state_dict", "stacked_log_weights",
