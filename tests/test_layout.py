@@ -1,5 +1,6 @@
 """The package's layout: every import points down (no cycle, function-level imports included),
-no module over 700 lines, no importlib indirection between the package's modules.
+no module over 700 lines, no importlib indirection between the package's modules, and no
+module using another module's private names.
 
 Run on its own as a report: ``python tests/test_layout.py`` prints the import graph.
 """
@@ -141,3 +142,43 @@ def test_requirements_txt_is_generated_from_pyproject():
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "sync_requirements.py"),
                         "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+#: private names of other libraries that the package may use
+FOREIGN_PRIVATE = {"_asdict", "_getframe", "_replace", "_fields", "_linear_pointwise"}
+
+
+def private_uses() -> list[str]:
+    """Where a module imports a private name from the package, or reaches a private attribute
+    of anything but ``self``/``cls`` (another module's class or module)."""
+    found = []
+    for f in sorted(PKG_DIR.rglob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "")
+                                                     .startswith(PKG)):
+                found += [f"{f.relative_to(PKG_DIR)}:{node.lineno} imports {a.name}"
+                          for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+            elif (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                  and not node.attr.startswith("__") and node.attr not in FOREIGN_PRIVATE
+                  and not (isinstance(node.value, ast.Name)
+                           and node.value.id in ("self", "cls"))):
+                found.append(f"{f.relative_to(PKG_DIR)}:{node.lineno} uses "
+                             f"{ast.unparse(node)}")
+    return found
+
+
+def test_no_module_uses_another_modules_private_names():
+    assert private_uses() == []
+
+
+def test_the_private_name_check_finds_one(tmp_path, monkeypatch):
+    import sys
+
+    fake = tmp_path / PKG
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "a.py").write_text("from .b import _helper\n\ndef f(m):\n    return m._secret\n")
+    monkeypatch.setattr(sys.modules[__name__], "PKG_DIR", fake)
+    assert [u.split(" ", 1)[1] for u in private_uses()] == ["imports _helper",
+                                                            "uses m._secret"]

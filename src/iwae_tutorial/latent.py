@@ -152,7 +152,7 @@ class GridLikelihood:
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
-        self.model._check_x(x)
+        self.model.check_x(x)
         x = x.to(self.model.device, self.dtype)
         if self.bernoulli:
             return (x @ self.logits.T - self.const).double()

@@ -182,7 +182,8 @@ class IWAE(nn.Module):
         mean, log_std = out
         return gaussian_log_prob(x, mean, log_std)
 
-    def _check_x(self, x: Tensor) -> None:
+    def check_x(self, x: Tensor) -> None:
+        """A ValueError naming the shape when ``x`` is not ``[batch, x_dim]``."""
         if x.dim() != 2 or x.shape[-1] != self.x_dim:
             raise ValueError(
                 f"x must have shape [batch, {self.x_dim}], got {tuple(x.shape)}; "
@@ -203,7 +204,7 @@ class IWAE(nn.Module):
         x: [batch, x_dim] -> hs: [[k, batch, d_l] per layer], log_q: [k, batch].
         See :meth:`log_weights` for the arguments.
         """
-        self._check_x(x)
+        self.check_x(x)
         if k < 1:
             raise ValueError(f"k must be a positive number of samples, got {k}")
         batch = x.shape[0]
@@ -280,7 +281,7 @@ class IWAE(nn.Module):
 
         x: [batch, x_dim] -> [(mean [batch, d_l], std [batch, d_l]) for each layer]
         """
-        self._check_x(x)
+        self.check_x(x)
         out = []
         inp = x
         for q in self.encoder:

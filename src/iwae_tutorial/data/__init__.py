@@ -40,7 +40,8 @@ models train and are scored on (train / valid / test), loaded by name with
 from __future__ import annotations
 
 # Names marked "noqa: F401" are re-exported for code written against the single module
-# this package replaced (constants, the file specs; ``_ensure_file``/``_FileSpec`` for tests).
+# this package replaced (constants, the file specs; ``ensure_file``/``FileSpec``, also as
+# ``_ensure_file``/``_FileSpec``, the names the tests were written with).
 # The seams tests monkeypatch (``_cache_dir``, ``_urlopen``) live in ``.files`` only: patch
 # them there.
 from .camel import (
@@ -60,9 +61,9 @@ from .files import (
     STALE_PART_AGE_S,  # noqa: F401
     DataError,
     DataWarning,
-    _ensure_file,  # noqa: F401
-    _FileSpec,  # noqa: F401
+    FileSpec,  # noqa: F401
     data_search_dirs,
+    ensure_file,  # noqa: F401
     find_data_dir,
 )
 from .mnist import (
@@ -87,6 +88,8 @@ from .omniglot import (
     OmniglotVariant,  # noqa: F401
     load_omniglot,
 )
+
+_ensure_file, _FileSpec = ensure_file, FileSpec
 
 __all__ = [
     "DATASETS",

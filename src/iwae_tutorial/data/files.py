@@ -5,17 +5,17 @@ the reverse. See the package docstring for where the data lives.
 
 - Search: :func:`data_search_dirs` (``root``, ``$IWAE_DATA_DIR``, the user cache) and
   :func:`find_data_dir`.
-- :func:`_first_good` is how every loader gets at a file: it tries the copy in each search
+- :func:`first_good` is how every loader gets at a file: it tries the copy in each search
   directory in turn and uses the first one that loads (checksum and parse); a bad copy in an
   earlier directory is skipped with one :class:`DataWarning` naming it. Only when no
-  directory has the file at all is it downloaded (:func:`_ensure_file`).
+  directory has the file at all is it downloaded (:func:`ensure_file`).
 - Downloads (:func:`_download`) are read into memory and verified against their checksum
   before anything is written; the verified bytes are then written by the project's one
   atomic writer, :func:`iwae_tutorial.checkpoints.write_atomic` (a ``mkstemp`` file
   ``.NAME.XXXX.part`` next to the final name, fsync, :func:`os.replace`). Before a download,
   ``.part`` files of the same name untouched for :data:`STALE_PART_AGE_S` are removed: they
   were left by a killed process (a live write of a few MB takes well under a second).
-- Every read goes through :func:`_read_bytes`, so an unreadable file is a :class:`DataError`
+- Every read goes through :func:`read_bytes`, so an unreadable file is a :class:`DataError`
   too.
 """
 
@@ -117,7 +117,7 @@ def data_search_dirs(root: str | os.PathLike[str] | None = None) -> list[Path]:
 
 
 @dataclass(frozen=True)
-class _FileSpec:
+class FileSpec:
     """One data file: where it lives, what it may be called on disk, where to get it, its hash.
 
     ``digest`` is of the uncompressed bytes when ``of_uncompressed`` (MNIST IDX files, which
@@ -179,11 +179,11 @@ def _gz_alternatives(name: str) -> tuple[str, ...]:
     return (name,)
 
 
-def _searched_text(dirs: Sequence[Path], dataset: str) -> str:
+def searched_text(dirs: Sequence[Path], dataset: str) -> str:
     return ", ".join(str(d / dataset) for d in dirs)
 
 
-def _fix_text(spec: _FileSpec, after_failed_download: bool = False) -> str:
+def _fix_text(spec: FileSpec, after_failed_download: bool = False) -> str:
     txt = (
         f"set {ENV_VAR} to a folder DIR containing {spec.dataset}/{spec.name}, "
         "or pass --data-dir DIR (root=DIR in Python)"
@@ -195,12 +195,12 @@ def _fix_text(spec: _FileSpec, after_failed_download: bool = False) -> str:
     return txt
 
 
-def _good_copy_text(what: str) -> str:
+def good_copy_text(what: str) -> str:
     """How to point the loaders at a folder holding a good copy, for CLI and Python users."""
     return f"{DATA_DIR_FIX}, a folder holding a good copy of {what}"
 
 
-def _locate_all(spec: _FileSpec, root: str | os.PathLike[str] | None) -> list[Path]:
+def _locate_all(spec: FileSpec, root: str | os.PathLike[str] | None) -> list[Path]:
     """The copy of ``spec`` in each search directory that has one, in search order."""
     found: list[Path] = []
     for base in data_search_dirs(root):
@@ -210,7 +210,7 @@ def _locate_all(spec: _FileSpec, root: str | os.PathLike[str] | None) -> list[Pa
     return found
 
 
-def _locate(spec: _FileSpec, root: str | os.PathLike[str] | None) -> Path | None:
+def _locate(spec: FileSpec, root: str | os.PathLike[str] | None) -> Path | None:
     found = _locate_all(spec, root)
     return found[0] if found else None
 
@@ -239,7 +239,7 @@ def _can_create_dir(d: Path) -> bool:
     return _is_writable_dir(p)
 
 
-def _download_dir(spec: _FileSpec, root: str | os.PathLike[str] | None) -> Path | None:
+def _download_dir(spec: FileSpec, root: str | os.PathLike[str] | None) -> Path | None:
     """First writable ``<data dir>/<dataset>`` of the search order (not created here)."""
     for base in data_search_dirs(root):
         d = base / spec.dataset
@@ -272,7 +272,7 @@ def _remove_empty_dirs(dirs: Sequence[Path]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path) -> bytes:
     """The bytes of ``path``; an unreadable file is a :class:`DataError` naming it and the fix."""
     try:
         return Path(path).read_bytes()
@@ -284,44 +284,44 @@ def _read_bytes(path: Path) -> bytes:
     except OSError as err:
         raise DataError(
             f"Cannot read {path} ({err}). Check the file and its folder, or "
-            f"{_good_copy_text(Path(path).name)}."
+            f"{good_copy_text(Path(path).name)}."
         ) from err
 
 
-def _stat_key(path: Path) -> tuple[str, int, int]:
+def stat_key(path: Path) -> tuple[str, int, int]:
     """``(resolved path, mtime_ns, size)``: the key of the loaders' caches."""
     try:
         st = path.stat()
         return (str(path.resolve()), st.st_mtime_ns, st.st_size)
     except OSError as err:
         raise DataError(
-            f"Cannot read {path} ({err}). To fix: {_good_copy_text(path.name)}."
+            f"Cannot read {path} ({err}). To fix: {good_copy_text(path.name)}."
         ) from err
 
 
-def _maybe_gunzip(raw: bytes, path: Path | str) -> bytes:
+def maybe_gunzip(raw: bytes, path: Path | str) -> bytes:
     if raw[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as err:
             raise DataError(
                 f"{path} is a truncated or corrupt gzip file ({err}). Delete it and download it "
-                f"again, or {_good_copy_text(Path(path).name)}."
+                f"again, or {good_copy_text(Path(path).name)}."
             ) from err
     return raw
 
 
-def _digest_of(path: Path, spec: _FileSpec) -> str:
-    return _digest_of_bytes(_read_bytes(path), spec, path)
+def _digest_of(path: Path, spec: FileSpec) -> str:
+    return _digest_of_bytes(read_bytes(path), spec, path)
 
 
-def _digest_of_bytes(raw: bytes, spec: _FileSpec, where: Path | str) -> str:
+def _digest_of_bytes(raw: bytes, spec: FileSpec, where: Path | str) -> str:
     if spec.of_uncompressed:
-        raw = _maybe_gunzip(raw, where)
+        raw = maybe_gunzip(raw, where)
     return hashlib.new(spec.algo, raw).hexdigest()
 
 
-def _checksum_error(path: Path, spec: _FileSpec, got: str) -> DataError:
+def _checksum_error(path: Path, spec: FileSpec, got: str) -> DataError:
     what = f"{spec.algo} of the uncompressed bytes" if spec.of_uncompressed else spec.algo
     remedy = (
         "Delete it and load again with downloads allowed (drop --no-download; "
@@ -338,9 +338,9 @@ def _checksum_error(path: Path, spec: _FileSpec, got: str) -> DataError:
 _VERIFIED: set[tuple[tuple[str, int, int], str, str]] = set()
 
 
-def _verify_file(path: Path, spec: _FileSpec) -> None:
+def verify_file(path: Path, spec: FileSpec) -> None:
     """Check the digest of ``path`` (once per process per file version) or raise DataError."""
-    key = (_stat_key(path), spec.algo, spec.digest)
+    key = (stat_key(path), spec.algo, spec.digest)
     if key in _VERIFIED:
         return
     got = _digest_of(path, spec)
@@ -381,7 +381,7 @@ def _remove_stale_parts(target_dir: Path, name: str,
     return removed
 
 
-def _download(spec: _FileSpec, target_dir: Path, searched: Sequence[Path]) -> Path:
+def _download(spec: FileSpec, target_dir: Path, searched: Sequence[Path]) -> Path:
     """Download ``spec`` into ``target_dir`` atomically (temp file, fsync, verify, rename)."""
     final = target_dir / spec.name
     _remove_stale_parts(target_dir, spec.name)
@@ -410,12 +410,12 @@ def _download(spec: _FileSpec, target_dir: Path, searched: Sequence[Path]) -> Pa
     raise DataError(
         f"Could not download {spec.dataset}/{spec.name} into {target_dir} "
         f"({'; '.join(errors)}). Nothing was written. To fix: {_fix_text(spec, True)}. "
-        f"Directories searched: {_searched_text(searched, spec.dataset)}."
+        f"Directories searched: {searched_text(searched, spec.dataset)}."
     ) from last_err
 
 
-def _ensure_file(
-    spec: _FileSpec,
+def ensure_file(
+    spec: FileSpec,
     root: str | os.PathLike[str] | None = None,
     download: bool = True,
     hint: str = "",
@@ -423,7 +423,7 @@ def _ensure_file(
     """Path of ``spec`` found on disk, else downloaded (if allowed), else :class:`DataError`.
 
     Files found on disk are not verified here (loaders verify what they read, see
-    :func:`_first_good`); downloads are.
+    :func:`first_good`); downloads are.
     """
     searched = data_search_dirs(root)
     found = _locate(spec, root)
@@ -434,7 +434,7 @@ def _ensure_file(
         if target is None:
             raise DataError(
                 f"Data file {spec.dataset}/{spec.name} not found and no writable directory to "
-                f"download it to. Directories searched: {_searched_text(searched, spec.dataset)}. "
+                f"download it to. Directories searched: {searched_text(searched, spec.dataset)}. "
                 f"To fix: {_fix_text(spec)}.{hint}"
             )
         try:
@@ -443,7 +443,7 @@ def _ensure_file(
             raise DataError(
                 f"Data file {spec.dataset}/{spec.name} not found and cannot create {target} to "
                 f"download it ({err}). Directories searched: "
-                f"{_searched_text(searched, spec.dataset)}. To fix: {_fix_text(spec)}.{hint}"
+                f"{searched_text(searched, spec.dataset)}. To fix: {_fix_text(spec)}.{hint}"
             ) from err
         try:
             return _download(spec, target, searched)
@@ -456,7 +456,7 @@ def _ensure_file(
             _remove_empty_dirs(created)
             raise DataError(
                 f"Could not download {spec.dataset}/{spec.name} into {target} ({err}). "
-                f"Directories searched: {_searched_text(searched, spec.dataset)}. "
+                f"Directories searched: {searched_text(searched, spec.dataset)}. "
                 f"To fix: {_fix_text(spec)}.{hint}"
             ) from err
     why = (
@@ -465,7 +465,7 @@ def _ensure_file(
     )
     raise DataError(
         f"Data file {spec.dataset}/{spec.name} not found ({why}). Directories searched: "
-        f"{_searched_text(searched, spec.dataset)}. To fix: {_fix_text(spec)}.{hint}"
+        f"{searched_text(searched, spec.dataset)}. To fix: {_fix_text(spec)}.{hint}"
     )
 
 
@@ -481,8 +481,8 @@ def _stacklevel_outside_package() -> int:
     return level
 
 
-def _first_good(
-    spec: _FileSpec,
+def first_good(
+    spec: FileSpec,
     root: str | os.PathLike[str] | None,
     download: bool,
     load: Callable[[Path], T],
@@ -499,7 +499,7 @@ def _first_good(
     searched = data_search_dirs(root)
     candidates = _locate_all(spec, root)
     if not candidates:
-        candidates = [_ensure_file(spec, root, download, hint)]
+        candidates = [ensure_file(spec, root, download, hint)]
     failures: list[tuple[Path, DataError]] = []
     for path in candidates:
         try:
@@ -524,7 +524,7 @@ def _first_good(
         others += "."
     raise DataError(
         f"{first_err}{others} Directories searched: "
-        f"{_searched_text(searched, spec.dataset)}.{hint}"
+        f"{searched_text(searched, spec.dataset)}.{hint}"
     ) from first_err
 
 
@@ -533,7 +533,7 @@ def _first_good(
 # --------------------------------------------------------------------------------------------
 
 
-def _to_unit_float(arr: np.ndarray, scale: float) -> torch.Tensor:
+def to_unit_float(arr: np.ndarray, scale: float) -> torch.Tensor:
     """float32 ``[n, prod(rest)]`` copy of ``arr`` divided by ``scale`` (always a fresh copy)."""
     x = np.array(arr.reshape(arr.shape[0], -1), dtype=np.float32)
     t = torch.from_numpy(x)
@@ -542,5 +542,5 @@ def _to_unit_float(arr: np.ndarray, scale: float) -> torch.Tensor:
     return t
 
 
-def _to_labels(arr: np.ndarray) -> torch.Tensor:
+def to_labels(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, dtype=np.int64))  # a fresh, writable copy

@@ -21,16 +21,16 @@ import torch
 from .files import (
     DATA_DIR_FIX,
     DataError,
-    _FileSpec,
-    _first_good,
-    _good_copy_text,
-    _maybe_gunzip,
-    _read_bytes,
-    _searched_text,
-    _stat_key,
-    _to_labels,
-    _to_unit_float,
+    FileSpec,
     data_search_dirs,
+    first_good,
+    good_copy_text,
+    maybe_gunzip,
+    read_bytes,
+    searched_text,
+    stat_key,
+    to_labels,
+    to_unit_float,
 )
 
 MNIST_N_VALID = 400
@@ -54,7 +54,7 @@ _IDX_DTYPES: dict[int, np.dtype[Any]] = {
 def _parse_idx(raw: bytes, path: Path | str) -> np.ndarray:
     fix = (
         f"Delete {path} and load again to download it anew, or "
-        f"{_good_copy_text(Path(path).name)}."
+        f"{good_copy_text(Path(path).name)}."
     )
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()!r}). {fix}")
@@ -91,14 +91,14 @@ def read_idx(path: str | os.PathLike[str], expected_md5: str | None = None) -> n
             or MD5 mismatch.
     """
     p = Path(path)
-    raw = _maybe_gunzip(_read_bytes(p), p)
+    raw = maybe_gunzip(read_bytes(p), p)
     if expected_md5 is not None:
         got = hashlib.md5(raw).hexdigest()
         if got != expected_md5:
             raise DataError(
                 f"Checksum mismatch for {p}: md5 of the uncompressed bytes is {got}, expected "
                 f"{expected_md5}. The file is corrupt or a different version; delete it and "
-                f"download it again, or {_good_copy_text(p.name)}."
+                f"download it again, or {good_copy_text(p.name)}."
             )
     return _parse_idx(raw, p)
 
@@ -120,8 +120,8 @@ _MNIST_URLS = (
 )
 
 
-def _mnist_spec(stem: str, md5: str) -> _FileSpec:
-    return _FileSpec(
+def _mnist_spec(stem: str, md5: str) -> FileSpec:
+    return FileSpec(
         dataset="mnist",
         name=stem + ".gz",
         alternatives=(stem + ".gz", stem),
@@ -132,7 +132,7 @@ def _mnist_spec(stem: str, md5: str) -> _FileSpec:
     )
 
 
-MNIST_FILES: dict[str, _FileSpec] = {
+MNIST_FILES: dict[str, FileSpec] = {
     "train_images": _mnist_spec("train-images-idx3-ubyte", "6bbc9ace898e44ae57da46a324031adb"),
     "train_labels": _mnist_spec("train-labels-idx1-ubyte", "a25bea736e30d166cdddb491f175f624"),
     "test_images": _mnist_spec("t10k-images-idx3-ubyte", "2646ac647ad5339dbf082846283269ea"),
@@ -166,8 +166,8 @@ def _mnist_array(
     key: str, root: str | os.PathLike[str] | None, download: bool
 ) -> np.ndarray:
     spec = MNIST_FILES[key]
-    return _first_good(
-        spec, root, download, lambda path: _read_idx_cached(_stat_key(path), spec.digest)
+    return first_good(
+        spec, root, download, lambda path: _read_idx_cached(stat_key(path), spec.digest)
     )
 
 
@@ -200,20 +200,20 @@ def load_mnist(root: str | os.PathLike[str] | None = None, download: bool = True
         raise DataError(
             f"MNIST images and labels disagree in count ({xtr.shape[0]} vs {ytr.shape[0]}, "
             f"{xte.shape[0]} vs {yte.shape[0]}). Check the files in "
-            f"{_searched_text(data_search_dirs(root), 'mnist')}."
+            f"{searched_text(data_search_dirs(root), 'mnist')}."
         )
     if xtr.shape[0] <= MNIST_N_VALID:
         raise DataError(f"MNIST training set too small ({xtr.shape[0]} images).")
     n_tr = xtr.shape[0] - MNIST_N_VALID
-    x_all = _to_unit_float(xtr, 255.0)
-    y_all = _to_labels(ytr)
+    x_all = to_unit_float(xtr, 255.0)
+    y_all = to_labels(ytr)
     return MNIST(
         x_train=x_all[:n_tr],
         y_train=y_all[:n_tr],
         x_valid=x_all[n_tr:],
         y_valid=y_all[n_tr:],
-        x_test=_to_unit_float(xte, 255.0),
-        y_test=_to_labels(yte),
+        x_test=to_unit_float(xte, 255.0),
+        y_test=to_labels(yte),
         name="mnist",
     )
 
@@ -237,7 +237,7 @@ def dynamic_binarize(x: torch.Tensor, generator: torch.Generator | None = None) 
 # Fixed-binarization MNIST (Larochelle & Murray)
 # --------------------------------------------------------------------------------------------
 
-BINARIZED_MNIST_FILE = _FileSpec(
+BINARIZED_MNIST_FILE = FileSpec(
     dataset="binarized_mnist",
     name="binarized_mnist.npz",
     alternatives=("binarized_mnist.npz",),
@@ -275,7 +275,7 @@ def _binarized_fix(path: str) -> str:
 def _load_binarized_cached(key: tuple[str, int, int]) -> dict[str, np.ndarray]:
     path = key[0]
     fix = _binarized_fix(path)
-    raw = _read_bytes(Path(path))
+    raw = read_bytes(Path(path))
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as z:
             missing = [k for k in BINARIZED_MNIST_ARRAYS if k not in z.files]
@@ -323,15 +323,15 @@ def load_binarized_mnist(root: str | os.PathLike[str] | None = None) -> MNIST:
         DataError: file missing, unreadable, truncated or corrupt, or a shape/checksum
             mismatch.
     """
-    arrays = _first_good(
-        BINARIZED_MNIST_FILE, root, False, lambda path: _load_binarized_cached(_stat_key(path))
+    arrays = first_good(
+        BINARIZED_MNIST_FILE, root, False, lambda path: _load_binarized_cached(stat_key(path))
     )
     return MNIST(
-        x_train=_to_unit_float(arrays["train"], 1.0),
+        x_train=to_unit_float(arrays["train"], 1.0),
         y_train=None,
-        x_valid=_to_unit_float(arrays["valid"], 1.0),
+        x_valid=to_unit_float(arrays["valid"], 1.0),
         y_valid=None,
-        x_test=_to_unit_float(arrays["test"], 1.0),
+        x_test=to_unit_float(arrays["test"], 1.0),
         y_test=None,
         name="binarized-mnist",
     )

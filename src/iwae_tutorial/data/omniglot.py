@@ -17,18 +17,18 @@ import torch
 
 from .files import (
     DataError,
-    _FileSpec,
-    _first_good,
-    _read_bytes,
-    _searched_text,
-    _stat_key,
-    _to_labels,
-    _to_unit_float,
-    _verify_file,
+    FileSpec,
     data_search_dirs,
+    first_good,
+    read_bytes,
+    searched_text,
+    stat_key,
+    to_labels,
+    to_unit_float,
+    verify_file,
 )
 
-CHARDATA_FILE = _FileSpec(
+CHARDATA_FILE = FileSpec(
     dataset="omniglot",
     name="chardata.mat",
     alternatives=("chardata.mat",),
@@ -44,8 +44,8 @@ _OMNIGLOT28_URL = (
 )
 
 
-def _omniglot28_spec(name: str, sha256: str) -> _FileSpec:
-    return _FileSpec(
+def _omniglot28_spec(name: str, sha256: str) -> FileSpec:
+    return FileSpec(
         dataset="omniglot28",
         name=name,
         alternatives=(name,),
@@ -55,7 +55,7 @@ def _omniglot28_spec(name: str, sha256: str) -> _FileSpec:
     )
 
 
-OMNIGLOT28_FILES: dict[str, _FileSpec] = {
+OMNIGLOT28_FILES: dict[str, FileSpec] = {
     "background_png": _omniglot28_spec(
         "images_background.png", "644988456247c07d17b687db039dc73c1a45b2e59cbd51139e642d10564f96c5"
     ),
@@ -123,7 +123,7 @@ def _read_png_rgba(raw: bytes) -> np.ndarray:
 
 def _decode_sheet(png: Path, js: Path) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Tiles of one sprite sheet as uint8 ``[n, 784]`` (channel R) and its (id, alphabet) labels."""
-    js_raw, png_raw = _read_bytes(js), _read_bytes(png)
+    js_raw, png_raw = read_bytes(js), read_bytes(png)
     try:
         labels = [(str(c), str(a)) for c, a in json.loads(js_raw.decode("utf-8"))]
         img = _read_png_rgba(png_raw)
@@ -177,11 +177,11 @@ def _load_lake28_cached(
     return (*out, alphabets)
 
 
-def _verified(spec: _FileSpec):
-    """``load`` for :func:`_first_good`: verify the copy's checksum, return its path."""
+def _verified(spec: FileSpec):
+    """``load`` for :func:`first_good`: verify the copy's checksum, return its path."""
 
     def load(path: Path) -> Path:
-        _verify_file(path, spec)
+        verify_file(path, spec)
         return path
 
     return load
@@ -191,19 +191,19 @@ def _load_lake28(root: str | os.PathLike[str] | None, download: bool) -> Omniglo
     specs = [OMNIGLOT28_FILES[k] for k in ("background_png", "background_json",
                                           "evaluation_png", "evaluation_json")]
     # sha256 of each file once per process per file version; a bad copy is skipped
-    paths = [_first_good(s, root, download, _verified(s)) for s in specs]
-    keys = tuple(_stat_key(p) for p in paths)
+    paths = [first_good(s, root, download, _verified(s)) for s in specs]
+    keys = tuple(stat_key(p) for p in paths)
     try:
         x_tr, x_te, y_tr, y_te, alphabets = _load_lake28_cached(keys)
     except DataError as err:
-        searched = _searched_text(data_search_dirs(root), "omniglot28")
+        searched = searched_text(data_search_dirs(root), "omniglot28")
         raise DataError(f"{err} Directories searched: {searched}.") from err
     return Omniglot(
-        x_train=_to_unit_float(x_tr, 255.0),
-        x_test=_to_unit_float(x_te, 255.0),
+        x_train=to_unit_float(x_tr, 255.0),
+        x_test=to_unit_float(x_te, 255.0),
         variant="lake28",
-        y_train=_to_labels(y_tr),
-        y_test=_to_labels(y_te),
+        y_train=to_labels(y_tr),
+        y_test=to_labels(y_te),
         alphabets=alphabets,
     )
 
@@ -218,8 +218,8 @@ _BURDA_HINT = (
 
 def _read_chardata(path: Path) -> dict:
     """Verify ``chardata.mat`` and read it (``scipy.io.loadmat``), or raise DataError."""
-    _verify_file(path, CHARDATA_FILE)
-    raw = _read_bytes(path)
+    verify_file(path, CHARDATA_FILE)
+    raw = read_bytes(path)
     try:
         from scipy.io import loadmat
 
@@ -233,7 +233,7 @@ def _read_chardata(path: Path) -> dict:
 
 
 def _load_burda(root: str | os.PathLike[str] | None, download: bool) -> Omniglot:
-    mat = _first_good(CHARDATA_FILE, root, download, _read_chardata, hint=_BURDA_HINT)
+    mat = first_good(CHARDATA_FILE, root, download, _read_chardata, hint=_BURDA_HINT)
     data, testdata = mat["data"], mat["testdata"]
 
     def images(cols: np.ndarray) -> torch.Tensor:
