@@ -383,9 +383,9 @@ class _KillAtLog:
 
 
 def test_kill_between_checkpoint_and_log_line(tmp_path, monkeypatch):
-    import iwae_tutorial.train as train_module
+    import iwae_tutorial.session as session_module  # the harness writes every trainer's log
 
-    kill = _KillAtLog(monkeypatch, train_module, at=2)
+    kill = _KillAtLog(monkeypatch, session_module, at=2)
     with pytest.raises(KeyboardInterrupt):
         fit(small_model(), grey(N), k=K, epochs=3, batch_size=BATCH, run_dir=tmp_path,
             progress=False)
@@ -401,14 +401,14 @@ def test_kill_between_checkpoint_and_log_line(tmp_path, monkeypatch):
 
 
 def test_fleet_log_after_a_kill(tmp_path, monkeypatch):
-    import iwae_tutorial.fleet as fleet_module
+    import iwae_tutorial.session as session_module  # the harness writes every trainer's log
 
     def make():
         torch.manual_seed(0)
         return Fleet([IWAE(784, [(16, 4)]) for _ in range(2)],
                      [FleetMember("iwae", K, 0, "a"), FleetMember("vae", K, 1, "b")])
 
-    kill = _KillAtLog(monkeypatch, fleet_module, at=2)
+    kill = _KillAtLog(monkeypatch, session_module, at=2)
     with pytest.raises(KeyboardInterrupt):
         make().fit(grey(N), epochs=3, batch_size=BATCH, run_dir=tmp_path, progress=False)
     kill.at = -1

@@ -8,9 +8,7 @@ exactly where it stopped, bit for bit on the CPU.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -20,12 +18,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoints import CheckpointError, RunDirLock, load_tensors, save_tensors, sync_log
+from .checkpoints import CheckpointError, load_tensors, save_tensors
 from .integrity import check_history, check_rng
 from .models import IWAE
 from .objectives import get_objective
 from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
 from .seeding import stream_seed
+from .session import LOG_NAME, Session, TrainingDivergedError, diverged
 
 __all__ = [
     "make_generators", "make_optimizer", "train_step", "fit", "TrainingDivergedError",
@@ -34,7 +33,6 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
-LOG_NAME = "log.jsonl"
 
 
 def make_generators(seed: int, device: torch.device | str) -> dict[str, torch.Generator]:
@@ -72,10 +70,6 @@ def train_step(model: IWAE, optimizer: torch.optim.Optimizer, x: Tensor,
     loss.backward()  # the gradient estimator (for L_k: sum_i w~_i grad log w_i)
     optimizer.step()  # Adam
     return loss.detach(), bound.detach().mean()
-
-
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -200,23 +194,18 @@ def fit(
     gens = make_generators(seed, device)
     opt = make_optimizer(model.parameters(), lr=schedule[0].lr)
     ckpt_path = Path(run_dir) / CHECKPOINT_NAME if run_dir is not None else None
-    log_path = Path(run_dir) / LOG_NAME if run_dir is not None else None
     fprint = fingerprint(objective, k, batch_size, seed, n, data_digest(x_train))
-    bar = None
-    with contextlib.ExitStack() as stack:
-        if run_dir is not None:  # one process at a time in a run directory
-            stack.enter_context(RunDirLock(run_dir, "--out"))
+    with Session(run_dir, lock_option="--out") as run:
         start_epoch, history = 0, []
         if ckpt_path is not None and resume and ckpt_path.exists():
             start_epoch, history = _resume(ckpt_path, model, opt, gens, fprint, schedule)
-        elif log_path is not None and log_path.exists():
-            log_path.unlink()  # a fresh start: the old log goes with the old checkpoint
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = stack.enter_context(tqdm(
-                total=total_epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
-                unit="step", desc=f"{objective} k={k}", leave=False, mininterval=0.5))
+            run.repair_log(history)  # a kill after the checkpoint may have lost a line
+        else:
+            run.fresh_start()
+        bar = run.progress_bar(
+            progress, total=total_epochs * steps_per_epoch,
+            initial=start_epoch * steps_per_epoch, unit="step", desc=f"{objective} k={k}",
+            leave=False, mininterval=0.5)
         model.train()
         on_cpu = device.type == "cpu"
         for epoch in range(start_epoch, total_epochs):
@@ -262,8 +251,7 @@ def fit(
                     "history": history,
                     "fingerprint": fprint,
                 })
-                with open(log_path, "a") as f:  # after the checkpoint (see _resume)
-                    f.write(json.dumps(asdict(entry)) + "\n")
+            run.log_epoch(asdict(entry))  # after the checkpoint (see repair_log)
             if bar is not None:
                 bar.update(steps_per_epoch % 50)
                 bar.set_postfix(epoch=epoch + 1, bound=f"{train_bound:.2f}",
@@ -300,9 +288,7 @@ def _resume(ckpt_path: Path, model: IWAE, opt: torch.optim.Optimizer,
         raise CheckpointError(f"the checkpoint {ckpt_path} does not fit this model, its "
                               f"optimizer or its random generators ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0][:120]}); {fix}") from None
-    history = list(state["history"])
-    sync_log(run_dir / LOG_NAME, history)  # a kill after the checkpoint may have lost a line
-    return int(state["epoch"]), history
+    return int(state["epoch"]), list(state["history"])
 
 
 def fingerprint(objective: str, k: int, batch_size: int, seed: int, n: int,
@@ -326,12 +312,10 @@ def check_state(state: dict, keys: Sequence[str], path: Path) -> None:
 
 def _diverged(epoch: int, step: int | None, steps_per_epoch: int, value: float,
               ckpt_path: Path | None) -> None:
-    where = (f"the last good checkpoint (after epoch {epoch}) is kept at {ckpt_path}"
-             if ckpt_path is not None and epoch > 0 else "no checkpoint was written")
     what = (f"the loss became {value} at epoch {epoch + 1}, step {step + 1} of "
             f"{steps_per_epoch} (global step {epoch * steps_per_epoch + step + 1})"
             if step is not None else
             f"a parameter became NaN or infinite during epoch {epoch + 1} (a non-finite "
             "gradient with a finite loss); that epoch was not saved")
-    raise TrainingDivergedError(f"{what}; {where}. Try a lower learning rate or check the "
-                                "data for NaNs.")
+    raise diverged(what, ckpt_path if epoch > 0 else None,
+                   "Try a lower learning rate or check the data for NaNs.", after_epoch=epoch)

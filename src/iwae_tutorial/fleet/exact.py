@@ -40,8 +40,6 @@ blocks) trainer of a fleet is :func:`iwae_tutorial.fleet.fast.fit_fast`.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -51,16 +49,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..checkpoints import RunDirLock, save_tensors, sync_log, write_json_atomic
+from ..checkpoints import save_tensors, write_json_atomic
 from ..integrity import check_histories, check_rngs
 from ..models import IWAE
 from ..objectives import log_w_objective, samples_per_point
 from ..schedule import Stage, lr_at, resolve_schedule, schedule_epochs
+from ..session import FitResult, Session, diverged
 from ..stopping import StopFlag
 from ..train import (
-    LOG_NAME,
     RESTART_FIX,
-    TrainingDivergedError,
     check_resumable,
     check_state,
     data_digest,
@@ -181,16 +178,6 @@ class _Position:
 
     def end_epoch(self, epochs_done: int) -> None:
         self.epoch, self.step, self.epoch_seconds = epochs_done, 0, 0.0
-
-
-@dataclass
-class FitResult:
-    """What :meth:`Fleet.fit` did: per-member histories, and whether the schedule is done."""
-
-    history: list[list[dict]]  # per member (in member order), per epoch
-    finished: bool  # False: stopped early (time limit or signal), checkpointed; call again
-    epochs_done: int
-    seconds: float  # training wall time of this call
 
 
 class Fleet:
@@ -350,35 +337,16 @@ class Fleet:
         ckpt_path = Path(run_dir) / FLEET_CHECKPOINT if run_dir is not None else None
         fprint = self.fingerprint(n, batch_size, binarize, data_digest(x_train))
         pos = _Position([[] for _ in range(len(self))])
-        t_start = time.perf_counter()
-        deadline = None if max_seconds is None else t_start + float(max_seconds)
-        steps_run = 0
-
-        def stopping() -> bool:
-            timed_out = deadline is not None and time.perf_counter() > deadline
-            halt = _stop_after_steps is not None and steps_run >= _stop_after_steps
-            return stop.requested or timed_out or halt
-
-        def result(finished: bool, epochs_done: int) -> FitResult:
-            return FitResult([list(h) for h in pos.history], finished, epochs_done,
-                             time.perf_counter() - t_start)
-
-        with contextlib.ExitStack() as stack:
-            if run_dir is not None:  # one process at a time in a run directory
-                stack.enter_context(RunDirLock(run_dir, "--run-root"))
+        with Session(run_dir, lock_option="--run-root", max_seconds=max_seconds,
+                     handle_signals=handle_signals, stop_after_steps=_stop_after_steps) as run:
             if ckpt_path is not None and resume and ckpt_path.exists():
                 pos = self._resume(ckpt_path, opt, gens, fprint, schedule)
-            elif ckpt_path is not None and ckpt_path.with_name(LOG_NAME).exists():
-                ckpt_path.with_name(LOG_NAME).unlink()  # a fresh start: the old log goes
+                run.repair_log(self.log_entries(pos.history))
+            else:
+                run.fresh_start()
             stepper = _Stepper(self, opt, batch_size, x_dim, use_graph=use_graph)
-            stop = stack.enter_context(StopFlag(handle_signals))
-            bar = None
-            if progress:
-                from tqdm.auto import tqdm
-
-                bar = stack.enter_context(tqdm(total=total_epochs, initial=pos.epoch,
-                                               unit="epoch", desc=f"fleet of {len(self)}",
-                                               leave=False))
+            bar = run.progress_bar(progress, total=total_epochs, initial=pos.epoch,
+                                   unit="epoch", desc=f"fleet of {len(self)}", leave=False)
             for epoch in range(pos.epoch, total_epochs):
                 lr = lr_at(schedule, epoch)
                 set_lr(opt, lr)
@@ -389,13 +357,13 @@ class Fleet:
                 for step in range(pos.step, steps_per_epoch):
                     idx = pos.orders[:, step * batch_size:(step + 1) * batch_size]
                     pos.add(step, stepper.step(x_train, idx, gens, binarize))
-                    steps_run += 1
-                    if stopping() and step + 1 < steps_per_epoch:  # stop mid-epoch, saved
+                    run.step_done()
+                    if run.stop_requested and step + 1 < steps_per_epoch:  # mid-epoch, saved
                         self._check_finite(pos, epoch, steps_per_epoch, ckpt_path)
                         pos.step = step + 1
                         pos.epoch_seconds += time.perf_counter() - t0
                         self._save(ckpt_path, opt, gens, fprint, pos)
-                        return result(False, epoch)
+                        return run.result(pos.history, False, epoch)
                 self._check_finite(pos, epoch, steps_per_epoch, ckpt_path)
                 means = (pos.bound_sum / steps_per_epoch).cpu().tolist()  # one sync per epoch
                 seconds = pos.epoch_seconds + time.perf_counter() - t0
@@ -405,17 +373,15 @@ class Fleet:
                                            "steps": steps_per_epoch})
                 pos.end_epoch(epoch + 1)
                 self._save(ckpt_path, opt, gens, fprint, pos)
-                if ckpt_path is not None:  # after the checkpoint (see _resume)
-                    with open(ckpt_path.with_name(LOG_NAME), "a") as f:
-                        f.write(json.dumps(self.log_entries(pos.history)[-1]) + "\n")
+                run.log_epoch(self.log_entries(pos.history)[-1])  # after the checkpoint
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(sec=f"{seconds:.1f}")
                 if callback is not None:
                     callback(epoch + 1, [h[-1] for h in pos.history])
-                if stopping() and epoch + 1 < total_epochs:
-                    return result(False, epoch + 1)
-        return result(True, total_epochs)
+                if run.stop_requested and epoch + 1 < total_epochs:
+                    return run.result(pos.history, False, epoch + 1)
+            return run.result(pos.history, True, total_epochs)
 
     def _resume(self, ckpt_path: Path, opt: torch.optim.Optimizer, gens: list[dict],
                 fprint: dict, schedule: Sequence[Stage]) -> _Position:
@@ -445,7 +411,6 @@ class Fleet:
             pos.bound_sum = state["bound_sum"].to(self.device)
             pos.first_bad = state["first_bad"].to(self.device)
             pos.epoch_seconds = float(state["epoch_seconds"])
-        sync_log(ckpt_path.with_name(LOG_NAME), self.log_entries(pos.history))
         return pos
 
     def _save(self, ckpt_path: Path | None, opt: torch.optim.Optimizer, gens: list[dict],
@@ -454,12 +419,9 @@ class Fleet:
         parameters are NaN or infinite (then the last good checkpoint stays)."""
         bad = self.nonfinite_members()
         if bad:
-            where = (f"the last good checkpoint is kept at {ckpt_path}" if ckpt_path is not
-                     None and ckpt_path.exists() else "no checkpoint was written")
-            raise TrainingDivergedError(
-                f"member(s) {', '.join(map(repr, bad))}: a parameter became NaN or infinite "
-                f"by epoch {pos.epoch + (1 if pos.step else 0)} (a non-finite gradient with "
-                f"a finite bound); {where}. Try a lower learning rate.")
+            raise diverged(f"member(s) {', '.join(map(repr, bad))}: a parameter became NaN or "
+                           f"infinite by epoch {pos.epoch + (1 if pos.step else 0)} (a "
+                           "non-finite gradient with a finite bound)", ckpt_path)
         if ckpt_path is None:
             return
         state = {
@@ -588,11 +550,8 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 def _diverged(name: str, epoch: int, step: int, steps_per_epoch: int,
               ckpt_path: Path | None) -> None:
-    where = (f"the last good checkpoint is kept at {ckpt_path}" if ckpt_path is not None
-             and ckpt_path.exists() else "no checkpoint was written")
-    raise TrainingDivergedError(
-        f"member {name!r}: the bound became NaN or infinite at epoch {epoch + 1}, step "
-        f"{step + 1} of {steps_per_epoch}; {where}. Try a lower learning rate.")
+    raise diverged(f"member {name!r}: the bound became NaN or infinite at epoch {epoch + 1}, "
+                   f"step {step + 1} of {steps_per_epoch}", ckpt_path)
 
 
 # ------------------------------------------------------------------------------- stepping

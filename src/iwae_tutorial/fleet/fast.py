@@ -56,13 +56,10 @@ rounded to 8 bits of mantissa once); ``tests/test_fast.py`` measures how far it 
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -71,7 +68,6 @@ from torch import Tensor
 
 from ..checkpoints import (
     CheckpointError,
-    RunDirLock,
     load_sharded,
     save_sharded,
     sync_log,
@@ -80,9 +76,10 @@ from ..checkpoints import (
 from ..integrity import check_histories
 from ..schedule import Stage, lr_at, resolve_schedule, schedule_epochs
 from ..seeding import stream_seed
-from ..train import TrainingDivergedError, check_resumable, data_digest
+from ..session import FitResult, Session, diverged
+from ..train import check_resumable, data_digest
 from . import noise
-from .exact import StopFlag, group_loss, set_lr
+from .exact import group_loss, set_lr
 
 __all__ = ["fit_fast", "FastResult", "STATE_DIR", "NOISE_SOURCES", "MOMENT_DTYPES",
            "projected_hours"]
@@ -94,15 +91,8 @@ NOISE_SOURCES = ("counter", "device")
 MOMENT_DTYPES = {"exact": None, "bfloat16": torch.bfloat16}
 
 
-@dataclass
-class FastResult:
-    """What :func:`fit_fast` did (as :class:`iwae_tutorial.fleet.FitResult`)."""
-
-    history: list[list[dict]]  # per member (member order), per epoch
-    finished: bool
-    epochs_done: int
-    seconds: float
-    frozen: dict[str, int] | None = None  # member -> the epoch in which it diverged
+#: the fast trainer's result is the package's one result type
+FastResult = FitResult
 
 
 class _CounterNoise:
@@ -382,17 +372,16 @@ def fit_fast(
                         else "the device's generator")}
     state_dir = Path(run_dir) / STATE_DIR if run_dir is not None else None
     history: list[list[dict]] = [[] for _ in range(len(fleet))]
-    t_start = time.perf_counter()
-    deadline = None if max_seconds is None else t_start + float(max_seconds)
-    lock = RunDirLock(run_dir, "--run-root") if run_dir is not None else nullcontext()
-    with lock, StopFlag(handle_signals) as signal_stop:
+    with Session(run_dir, lock_option="--run-root", max_seconds=max_seconds,
+                 handle_signals=handle_signals) as run:
         start, saved = 0, None
         if state_dir is not None:
             _check_state_dir(state_dir)
         if state_dir is not None and resume and (state_dir / "index.pt").exists():
             start, history, saved = _resume(fleet, opt, state_dir, fprint, schedule)
-        elif run_dir is not None:  # a fresh start: the old log goes with the old state
-            (Path(run_dir) / "log.jsonl").unlink(missing_ok=True)
+            run.repair_log(fleet.log_entries(history))
+        else:
+            run.fresh_start()
         frozen: dict[str, int] = dict((saved or {}).get("frozen") or {})
         steps = _Steps(fleet, opt, x_train, batch_size, binarize, block, use_graph, noise)
         if saved is not None and noise == "device":
@@ -401,73 +390,57 @@ def fit_fast(
             steps.freeze([fleet.order.index(fleet.names.index(m)) for m in frozen],
                          restore=False)
         save = partial(_save, fleet, opt, steps, state_dir, fprint, moments=moments)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, initial=start, unit="epoch", desc=f"fast fleet of "
-                       f"{len(fleet)}", leave=False)
+        bar = run.progress_bar(progress, total=total, initial=start, unit="epoch",
+                               desc=f"fast fleet of {len(fleet)}", leave=False)
         last_save = time.perf_counter()
-        try:
-            for epoch in range(start, total):
-                lr = lr_at(schedule, epoch)
-                set_lr(opt, lr)
-                t0 = time.perf_counter()
-                if freeze_diverged:
-                    steps.snapshot()
-                steps.new_epoch(epoch, steps_per_epoch)
-                for _ in range(steps_per_epoch // block):
-                    steps.run_block()
-                means = (steps.bound_sum / steps_per_epoch).cpu().tolist()  # one sync
-                bad = [fleet.names[fleet.order[p]] for p, s in
-                       enumerate(steps.first_bad.cpu().tolist()) if s >= 0]
-                bad += [name for name in fleet.nonfinite_members()
-                        if name not in bad and name not in frozen]
-                if bad and (not freeze_diverged or len(frozen) + len(bad) == len(fleet)
-                            or epoch == 0):  # no finite epoch to freeze at
-                    raise TrainingDivergedError(
-                        f"member(s) {', '.join(map(repr, bad))}: the bound or a parameter "
-                        f"became NaN or infinite in epoch {epoch + 1}; the last saved state "
-                        f"is kept{f' in {state_dir}' if state_dir is not None else ''}. Try "
-                        "a lower learning rate.")
-                if bad:
-                    steps.freeze([fleet.order.index(fleet.names.index(m)) for m in bad])
-                    frozen.update({m: epoch + 1 for m in bad})
-                    print(f"fit_fast: member(s) {', '.join(map(repr, bad))} diverged in epoch "
-                          f"{epoch + 1} and are frozen at their weights of epoch {epoch}; the "
-                          "others train on", file=sys.stderr, flush=True)
-                seconds = time.perf_counter() - t0
-                for p, i in enumerate(fleet.order):
-                    entry = {"epoch": epoch + 1, "lr": lr, "train_bound": means[p],
-                             "seconds": seconds, "steps": steps_per_epoch}
-                    if fleet.names[i] in frozen:  # its last finite epoch's bound, marked
-                        last = history[i][-1]["train_bound"] if history[i] else float("nan")
-                        entry.update(train_bound=last, frozen=True,
-                                     diverged_in_epoch=frozen[fleet.names[i]])
-                    history[i].append(entry)
-                if run_dir is not None:
-                    with open(Path(run_dir) / "log.jsonl", "a") as f:  # repaired on resume
-                        f.write(json.dumps(fleet.log_entries(history)[-1]) + "\n")
-                if bar is not None:
-                    bar.update(1)
-                if callback is not None:
-                    callback(epoch + 1, [h[-1] for h in history])
-                now = time.perf_counter()
-                stop = ((signal_stop.requested or (deadline is not None and now > deadline))
-                        and epoch + 1 < total)
-                if state_dir is not None and (stop or epoch + 1 == total
-                                              or now - last_save > checkpoint_every_s):
-                    save(epoch + 1, history, frozen)
-                    last_save = now
-                if stop:
-                    return FastResult([list(h) for h in history], False, epoch + 1,
-                                      time.perf_counter() - t_start, dict(frozen))
-        finally:
+        for epoch in range(start, total):
+            lr = lr_at(schedule, epoch)
+            set_lr(opt, lr)
+            t0 = time.perf_counter()
+            if freeze_diverged:
+                steps.snapshot()
+            steps.new_epoch(epoch, steps_per_epoch)
+            for _ in range(steps_per_epoch // block):
+                steps.run_block()
+            means = (steps.bound_sum / steps_per_epoch).cpu().tolist()  # one sync
+            bad = [fleet.names[fleet.order[p]] for p, s in
+                   enumerate(steps.first_bad.cpu().tolist()) if s >= 0]
+            bad += [name for name in fleet.nonfinite_members()
+                    if name not in bad and name not in frozen]
+            if bad and (not freeze_diverged or len(frozen) + len(bad) == len(fleet)
+                        or epoch == 0):  # no finite epoch to freeze at
+                raise diverged(f"member(s) {', '.join(map(repr, bad))}: the bound or a "
+                               f"parameter became NaN or infinite in epoch {epoch + 1}",
+                               state_dir)
+            if bad:
+                steps.freeze([fleet.order.index(fleet.names.index(m)) for m in bad])
+                frozen.update({m: epoch + 1 for m in bad})
+                print(f"fit_fast: member(s) {', '.join(map(repr, bad))} diverged in epoch "
+                      f"{epoch + 1} and are frozen at their weights of epoch {epoch}; the "
+                      "others train on", file=sys.stderr, flush=True)
+            seconds = time.perf_counter() - t0
+            for p, i in enumerate(fleet.order):
+                entry = {"epoch": epoch + 1, "lr": lr, "train_bound": means[p],
+                         "seconds": seconds, "steps": steps_per_epoch}
+                if fleet.names[i] in frozen:  # its last finite epoch's bound, marked
+                    last = history[i][-1]["train_bound"] if history[i] else float("nan")
+                    entry.update(train_bound=last, frozen=True,
+                                 diverged_in_epoch=frozen[fleet.names[i]])
+                history[i].append(entry)
+            run.log_epoch(fleet.log_entries(history)[-1])  # repaired on resume
             if bar is not None:
-                bar.close()
-    return FastResult([list(h) for h in history], True, total, time.perf_counter() - t_start,
-                      dict(frozen))
-
+                bar.update(1)
+            if callback is not None:
+                callback(epoch + 1, [h[-1] for h in history])
+            now = time.perf_counter()
+            stop = run.stop_requested and epoch + 1 < total
+            if state_dir is not None and (stop or epoch + 1 == total
+                                          or now - last_save > checkpoint_every_s):
+                save(epoch + 1, history, frozen)
+                last_save = now
+            if stop:
+                return run.result(history, False, epoch + 1, dict(frozen))
+        return run.result(history, True, total, dict(frozen))
 
 def _save(fleet, opt, steps: _Steps, state_dir: Path | None, fprint: dict, epochs_done: int,
           history: list[list[dict]], frozen: dict[str, int], *, moments: str) -> None:
