@@ -38,12 +38,9 @@ from .integrity import (
 )
 from .models import IWAE
 from .schedule import schedule_epochs
+from .session import LOG_NAME, RESTART_FIX, check_state, data_digest
 from .train import (
     CHECKPOINT_NAME,
-    LOG_NAME,
-    RESTART_FIX,
-    check_state,
-    data_digest,
     fit,
     load_checkpoint,
 )

@@ -17,17 +17,24 @@ checkpoints and how it resumes); a :class:`Session` owns the rest, once:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import RunDirLock, sync_log
+import torch
+from torch import Tensor
+
+from .checkpoints import CheckpointError, RunDirLock, sync_log
+from .schedule import Stage, lr_at, schedule_epochs
 from .stopping import StopFlag
 
-__all__ = ["Session", "FitResult", "TrainingDivergedError", "diverged", "LOG_NAME"]
+__all__ = ["Session", "FitResult", "TrainingDivergedError", "diverged", "LOG_NAME",
+           "RESTART_FIX", "data_digest", "fingerprint", "check_resumable", "check_state"]
 
 LOG_NAME = "log.jsonl"
 
@@ -144,3 +151,65 @@ class Session:
                frozen: dict[str, int] | None = None) -> FitResult:
         return FitResult([list(h) for h in history], finished, epochs_done, self.seconds,
                          frozen)
+
+
+# ------------------------------------------------------------------ resuming: the checks
+RESTART_FIX = "start it afresh (--restart; resume=False in Python)"
+
+
+def data_digest(x: Tensor) -> str:
+    """A short fingerprint of a data tensor (its shape and every 97th row), so a checkpoint
+    is not resumed on other data."""
+    rows = x[::97].detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(repr(tuple(x.shape)).encode())
+    h.update(rows.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_resumable(saved: dict | None, fingerprint: dict, history: Sequence[dict],
+                    schedule: Sequence[Stage], where: str,
+                    place: str = "another run directory",
+                    other: str = "another configuration") -> None:
+    """Refuse to resume a checkpoint of another configuration (``saved`` vs ``fingerprint``,
+    flat dicts), of other learning rates (``history`` vs ``schedule``), or one already past
+    the end of ``schedule``: a ValueError, one line naming what differs and the fix.
+
+    Fingerprint keys the checkpoint does not have (older versions) are not compared."""
+    theirs = saved if isinstance(saved, dict) else {}
+    diff = [f"{key} {theirs[key]!r} there, {fingerprint[key]!r} now" for key in fingerprint
+            if key in theirs and theirs[key] != fingerprint[key]]
+    fix = f"use {place}, or {RESTART_FIX}"
+    if diff:
+        raise ValueError(f"the checkpoint in {where} belongs to {other} "
+                         f"({'; '.join(diff)}); {fix}")
+    done = len(history)
+    total = schedule_epochs(schedule)
+    if done > total:
+        raise ValueError(f"the checkpoint in {where} has done {done} epochs, more than the "
+                         f"{total} asked for; ask for at least {done} epochs (--epochs "
+                         f"{done}), or {RESTART_FIX}")
+    for entry in history:
+        lr = lr_at(schedule, int(entry["epoch"]) - 1)
+        if not math.isclose(float(entry["lr"]), lr, rel_tol=1e-9):
+            raise ValueError(f"the checkpoint in {where} trained epoch {entry['epoch']} at "
+                             f"learning rate {entry['lr']:.3g}, the schedule now asks for "
+                             f"{lr:.3g}; {fix}")
+
+
+def fingerprint(objective: str, k: int, batch_size: int, seed: int, n: int,
+                 data: str | None = None) -> dict:
+    """What must not change between a checkpoint and its resumption (the schedule may grow;
+    the learning rates of the epochs done are checked against the history)."""
+    out = {"objective": str(objective), "k": int(k), "batch_size": int(batch_size),
+           "seed": int(seed), "n": int(n)}
+    if data is not None:
+        out["data"] = data
+    return out
+
+
+def check_state(state: dict, keys: Sequence[str], path: Path) -> None:
+    """A CheckpointError when ``state`` (read from ``path``) lacks one of ``keys``."""
+    missing = [key for key in keys if key not in state]
+    if missing:
+        raise CheckpointError(f"the checkpoint {path} lacks {', '.join(missing)}: it was not "
+                              f"written by this trainer; delete it, or {RESTART_FIX}")

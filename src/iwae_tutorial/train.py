@@ -8,7 +8,6 @@ exactly where it stopped, bit for bit on the CPU.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -24,12 +23,21 @@ from .models import IWAE
 from .objectives import get_objective
 from .schedule import Stage, lr_at, resolve_schedule, schedule_epochs
 from .seeding import stream_seed
-from .session import LOG_NAME, Session, TrainingDivergedError, diverged
+from .session import (
+    LOG_NAME,
+    RESTART_FIX,
+    Session,
+    TrainingDivergedError,
+    check_resumable,
+    check_state,
+    data_digest,
+    diverged,
+    fingerprint,
+)
 
 __all__ = [
     "make_generators", "make_optimizer", "train_step", "fit", "TrainingDivergedError",
-    "save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME", "LOG_NAME", "check_resumable",
-    "data_digest", "nonfinite_parameters", "RESTART_FIX", "check_state", "fingerprint",
+    "save_checkpoint", "load_checkpoint", "CHECKPOINT_NAME", "LOG_NAME", "nonfinite_parameters",
 ]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -85,52 +93,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                             "or rerun with --restart")
 
 
-def data_digest(x: Tensor) -> str:
-    """A short fingerprint of a data tensor (its shape and every 97th row), so a checkpoint
-    is not resumed on other data."""
-    rows = x[::97].detach().to("cpu", torch.float32).contiguous()
-    h = hashlib.sha256(repr(tuple(x.shape)).encode())
-    h.update(rows.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def nonfinite_parameters(params: Sequence[Tensor]) -> bool:
     """Whether any parameter holds NaN or inf (one reduction per tensor, one host sync)."""
     flags = [torch.isfinite(p.detach().sum()) for p in params]
     return not bool(torch.stack(flags).all()) if flags else False
-
-
-RESTART_FIX = "start it afresh (--restart; resume=False in Python)"
-
-
-def check_resumable(saved: dict | None, fingerprint: dict, history: Sequence[dict],
-                    schedule: Sequence[Stage], where: str,
-                    place: str = "another run directory",
-                    other: str = "another configuration") -> None:
-    """Refuse to resume a checkpoint of another configuration (``saved`` vs ``fingerprint``,
-    flat dicts), of other learning rates (``history`` vs ``schedule``), or one already past
-    the end of ``schedule``: a ValueError, one line naming what differs and the fix.
-
-    Fingerprint keys the checkpoint does not have (older versions) are not compared."""
-    theirs = saved if isinstance(saved, dict) else {}
-    diff = [f"{key} {theirs[key]!r} there, {fingerprint[key]!r} now" for key in fingerprint
-            if key in theirs and theirs[key] != fingerprint[key]]
-    fix = f"use {place}, or {RESTART_FIX}"
-    if diff:
-        raise ValueError(f"the checkpoint in {where} belongs to {other} "
-                         f"({'; '.join(diff)}); {fix}")
-    done = len(history)
-    total = schedule_epochs(schedule)
-    if done > total:
-        raise ValueError(f"the checkpoint in {where} has done {done} epochs, more than the "
-                         f"{total} asked for; ask for at least {done} epochs (--epochs "
-                         f"{done}), or {RESTART_FIX}")
-    for entry in history:
-        lr = lr_at(schedule, int(entry["epoch"]) - 1)
-        if not math.isclose(float(entry["lr"]), lr, rel_tol=1e-9):
-            raise ValueError(f"the checkpoint in {where} trained epoch {entry['epoch']} at "
-                             f"learning rate {entry['lr']:.3g}, the schedule now asks for "
-                             f"{lr:.3g}; {fix}")
 
 
 @dataclass
@@ -289,25 +255,6 @@ def _resume(ckpt_path: Path, model: IWAE, opt: torch.optim.Optimizer,
                               f"optimizer or its random generators ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0][:120]}); {fix}") from None
     return int(state["epoch"]), list(state["history"])
-
-
-def fingerprint(objective: str, k: int, batch_size: int, seed: int, n: int,
-                 data: str | None = None) -> dict:
-    """What must not change between a checkpoint and its resumption (the schedule may grow;
-    the learning rates of the epochs done are checked against the history)."""
-    out = {"objective": str(objective), "k": int(k), "batch_size": int(batch_size),
-           "seed": int(seed), "n": int(n)}
-    if data is not None:
-        out["data"] = data
-    return out
-
-
-def check_state(state: dict, keys: Sequence[str], path: Path) -> None:
-    """A CheckpointError when ``state`` (read from ``path``) lacks one of ``keys``."""
-    missing = [key for key in keys if key not in state]
-    if missing:
-        raise CheckpointError(f"the checkpoint {path} lacks {', '.join(missing)}: it was not "
-                              f"written by this trainer; delete it, or {RESTART_FIX}")
 
 
 def _diverged(epoch: int, step: int | None, steps_per_epoch: int, value: float,

@@ -54,14 +54,18 @@ from ..integrity import check_histories, check_rngs
 from ..models import IWAE
 from ..objectives import log_w_objective, samples_per_point
 from ..schedule import Stage, lr_at, resolve_schedule, schedule_epochs
-from ..session import FitResult, Session, diverged
-from ..stopping import StopFlag
-from ..train import (
+from ..session import (
     RESTART_FIX,
+    FitResult,
+    Session,
     check_resumable,
     check_state,
     data_digest,
+    diverged,
     fingerprint,
+)
+from ..stopping import StopFlag
+from ..train import (
     load_checkpoint,
     make_generators,
 )

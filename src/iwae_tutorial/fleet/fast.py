@@ -76,8 +76,7 @@ from ..checkpoints import (
 from ..integrity import check_histories
 from ..schedule import Stage, lr_at, resolve_schedule, schedule_epochs
 from ..seeding import stream_seed
-from ..session import FitResult, Session, diverged
-from ..train import check_resumable, data_digest
+from ..session import FitResult, Session, check_resumable, data_digest, diverged
 from . import noise
 from .exact import group_loss, set_lr
 
