@@ -173,11 +173,11 @@ def test_device_noise_draws_the_reference_distributions():
     """The device source (torch.rand/randn on a generator) and the counter-based reference give
     the same distributions: normal and uniform moments and quantiles, Bernoulli rates, and
     permutations."""
-    from iwae_tutorial.fleet.fast import _CounterNoise, _DeviceNoise
+    from iwae_tutorial.fleet.noise import CounterNoise, DeviceNoise
 
     dev = torch.device("cpu")
-    ref = _CounterNoise(noise.seed_tensor([0, 1]), [2])
-    new = _DeviceNoise(12345, dev, [2])
+    ref = CounterNoise(noise.seed_tensor([0, 1]), [2])
+    new = DeviceNoise(12345, dev, [2])
     step = torch.tensor(3)
     za = ref.normal(0, 0, (4, 50_000), torch.float32, step).flatten()
     zb = new.normal(0, 0, (4, 50_000), torch.float32, step).flatten()

@@ -84,7 +84,6 @@ __all__ = ["fit_fast", "FastResult", "STATE_DIR", "NOISE_SOURCES", "MOMENT_DTYPE
            "projected_hours"]
 
 STATE_DIR = "fast-state"  # the sharded checkpoint's folder inside run_dir
-_LAYERS_MAX = 16  # noise counters: global step * 16 + stochastic layer
 NOISE_SOURCES = ("counter", "device")
 #: how Adam's moments are stored in the saved state ("exact": as trained; parameters always are)
 MOMENT_DTYPES = {"exact": None, "bfloat16": torch.bfloat16}
@@ -92,72 +91,6 @@ MOMENT_DTYPES = {"exact": None, "bfloat16": torch.bfloat16}
 
 #: the fast trainer's result is the package's one result type
 FastResult = FitResult
-
-
-class _CounterNoise:
-    """The reference noise: :mod:`iwae_tutorial.fleet.noise`, a hash of (member seed, step,
-    element). ``seeds: [M]`` in the fleet's internal order, ``group_seeds``: their split by
-    group."""
-
-    kind = "counter"
-
-    def __init__(self, seeds: Tensor, group_sizes: list[int]):
-        self.seeds, self.group_seeds = seeds, list(seeds.split(group_sizes))
-
-    def order(self, epoch: int, n: int) -> Tensor:  # [M, n]
-        return noise.permutation(self.seeds, epoch, n)
-
-    def binarize(self, x: Tensor, gstep: Tensor) -> Tensor:  # x: [M, B, D]
-        return noise.bernoulli(x, self.seeds, gstep)
-
-    def normal(self, group: int, level: int, shape: tuple[int, ...], dtype: torch.dtype,
-               gstep: Tensor) -> Tensor:  # [M_g, *shape]
-        return noise.normal(self.group_seeds[group], "noise", gstep * _LAYERS_MAX + level,
-                            shape, dtype)
-
-    def state(self) -> Tensor | None:
-        return None  # a function of the step: nothing to save
-
-    def load_state(self, state: Tensor | None) -> None:
-        pass
-
-
-class _DeviceNoise:
-    """``torch.rand``/``randn`` on the device's generator: one kernel per draw and group.
-    On CUDA the default generator (graph-safe), on the CPU a generator of its own."""
-
-    kind = "device"
-
-    def __init__(self, seed: int, device: torch.device, group_sizes: list[int]):
-        self.device, self.group_sizes = device, group_sizes
-        if device.type == "cuda":
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            self.gen = torch.cuda.default_generators[index]
-            self.draw_gen = None  # the default generator, as CUDA graphs want it
-        else:
-            self.gen = self.draw_gen = torch.Generator(device)
-        self.gen.manual_seed(seed)
-
-    def order(self, epoch: int, n: int) -> Tensor:  # [M, n]; outside any graph
-        return torch.stack([torch.randperm(n, generator=self.draw_gen, device=self.device)
-                            for _ in range(sum(self.group_sizes))])
-
-    def binarize(self, x: Tensor, gstep: Tensor) -> Tensor:
-        u = torch.rand(x.shape, generator=self.draw_gen, device=x.device)
-        return (u < x).to(x.dtype)
-
-    def normal(self, group: int, level: int, shape: tuple[int, ...], dtype: torch.dtype,
-               gstep: Tensor) -> Tensor:
-        return torch.randn((self.group_sizes[group], *shape), generator=self.draw_gen,
-                           device=self.device, dtype=dtype)
-
-    def state(self) -> Tensor:
-        return self.gen.get_state()
-
-    def load_state(self, state: Tensor | None) -> None:
-        if not (isinstance(state, Tensor) and state.dtype == torch.uint8):
-            raise CheckpointError("the saved state lacks the device generator's state")
-        self.gen.set_state(state)
 
 
 class _Steps:
@@ -173,10 +106,10 @@ class _Steps:
         order = fleet.order  # internal order: groups contiguous
         sizes = [g.size for g in fleet.groups]
         if source == "counter":
-            self.noise = _CounterNoise(
+            self.noise = noise.CounterNoise(
                 noise.seed_tensor([fleet.members[i].seed for i in order], dev), sizes)
         else:
-            self.noise = _DeviceNoise(stream_seed(fleet.members[0].seed, "device-noise"), dev,
+            self.noise = noise.DeviceNoise(stream_seed(fleet.members[0].seed, "device-noise"), dev,
                                       sizes)
         self.alive = torch.ones(M, dtype=torch.bool, device=dev)  # False: frozen
         self.alive_g = list(self.alive.split(sizes))
@@ -384,7 +317,10 @@ def fit_fast(
         frozen: dict[str, int] = dict((saved or {}).get("frozen") or {})
         steps = _Steps(fleet, opt, x_train, batch_size, binarize, block, use_graph, noise)
         if saved is not None and noise == "device":
-            steps.noise.load_state(saved.get("generator"))
+            try:
+                steps.noise.load_state(saved.get("generator"))
+            except ValueError as e:
+                raise CheckpointError(f"{e} ({state_dir}); delete it to start afresh") from None
         if frozen:
             steps.freeze([fleet.order.index(fleet.names.index(m)) for m in frozen],
                          restore=False)

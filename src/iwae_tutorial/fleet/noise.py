@@ -27,7 +27,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["PURPOSES", "uniform", "normal", "bernoulli", "permutation", "seed_tensor"]
+__all__ = ["PURPOSES", "uniform", "normal", "bernoulli", "permutation", "seed_tensor",
+           "CounterNoise", "DeviceNoise", "LAYERS_MAX"]
 
 _MASK = 0xFFFFFFFF
 #: distinct constants so that the data order, the binarization and the noise never share a stream
@@ -97,3 +98,74 @@ def bernoulli(probs: Tensor, seeds: Tensor, counter: int | Tensor) -> Tensor:
 def permutation(seeds: Tensor, counter: int | Tensor, n: int) -> Tensor:
     """A random permutation of range(n) per member (argsort of hashed keys): [M, n] int64."""
     return torch.argsort(_bits(seeds, PURPOSES["order"], counter, (n,)), dim=1)
+
+
+# ------------------------------------------------------------ the fast trainer's noise sources
+#: noise counters of the fast trainer: global step * LAYERS_MAX + stochastic layer
+LAYERS_MAX = 16
+
+
+class CounterNoise:
+    """The reference noise: the hash above, a hash of (member seed, step,
+    element). ``seeds: [M]`` in the fleet's internal order, ``group_seeds``: their split by
+    group."""
+
+    kind = "counter"
+
+    def __init__(self, seeds: Tensor, group_sizes: list[int]):
+        self.seeds, self.group_seeds = seeds, list(seeds.split(group_sizes))
+
+    def order(self, epoch: int, n: int) -> Tensor:  # [M, n]
+        return permutation(self.seeds, epoch, n)
+
+    def binarize(self, x: Tensor, gstep: Tensor) -> Tensor:  # x: [M, B, D]
+        return bernoulli(x, self.seeds, gstep)
+
+    def normal(self, group: int, level: int, shape: tuple[int, ...], dtype: torch.dtype,
+               gstep: Tensor) -> Tensor:  # [M_g, *shape]
+        return normal(self.group_seeds[group], "noise", gstep * LAYERS_MAX + level,
+                            shape, dtype)
+
+    def state(self) -> Tensor | None:
+        return None  # a function of the step: nothing to save
+
+    def load_state(self, state: Tensor | None) -> None:
+        pass
+
+
+class DeviceNoise:
+    """``torch.rand``/``randn`` on the device's generator: one kernel per draw and group.
+    On CUDA the default generator (graph-safe), on the CPU a generator of its own."""
+
+    kind = "device"
+
+    def __init__(self, seed: int, device: torch.device, group_sizes: list[int]):
+        self.device, self.group_sizes = device, group_sizes
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            self.gen = torch.cuda.default_generators[index]
+            self.draw_gen = None  # the default generator, as CUDA graphs want it
+        else:
+            self.gen = self.draw_gen = torch.Generator(device)
+        self.gen.manual_seed(seed)
+
+    def order(self, epoch: int, n: int) -> Tensor:  # [M, n]; outside any graph
+        return torch.stack([torch.randperm(n, generator=self.draw_gen, device=self.device)
+                            for _ in range(sum(self.group_sizes))])
+
+    def binarize(self, x: Tensor, gstep: Tensor) -> Tensor:
+        u = torch.rand(x.shape, generator=self.draw_gen, device=x.device)
+        return (u < x).to(x.dtype)
+
+    def normal(self, group: int, level: int, shape: tuple[int, ...], dtype: torch.dtype,
+               gstep: Tensor) -> Tensor:
+        return torch.randn((self.group_sizes[group], *shape), generator=self.draw_gen,
+                           device=self.device, dtype=dtype)
+
+    def state(self) -> Tensor:
+        return self.gen.get_state()
+
+    def load_state(self, state: Tensor | None) -> None:
+        if not (isinstance(state, Tensor) and state.dtype == torch.uint8):
+            raise ValueError("the saved state lacks the device generator's state")
+        self.gen.set_state(state)
