@@ -69,13 +69,14 @@ from ..train import (
     load_checkpoint,
     make_generators,
 )
+from .groups import Group, set_lr
 from .stacked import (
     StackedSpec,
     resolve_gemm,
     stack_state_dicts,
-    stacked_log_weights,
     unstack_state_dict,
 )
+from .stepper import Position, Stepper
 
 __all__ = ["FleetMember", "Fleet", "FitResult", "table1_configs", "FLEET_CHECKPOINT",
            "StopFlag"]
@@ -113,77 +114,7 @@ def table1_configs(dataset: str = "mnist", *, epochs: int | None = None,
             for layers, objective, k in table1_grid()]
 
 
-# ------------------------------------------------------------------------------- the groups
-class _Group:
-    """Members with the same architecture and samples per point (k; m * k for MIWAE): stacked
-    parameters and per-member objectives."""
-
-    def __init__(self, spec: StackedSpec, k: int, idx: list[int], objectives: list[str],
-                 params: dict[str, Tensor], gemm: str = "bmm"):
-        self.spec, self.k, self.idx, self.gemm = spec, k, idx, gemm
-        self.params = params
-        self.objective_names = sorted(set(objectives))
-        self.fns = [log_w_objective(o) for o in self.objective_names]
-        self.obj_index = torch.tensor([self.objective_names.index(o) for o in objectives],
-                                      device=next(iter(params.values())).device)
-
-    @property
-    def size(self) -> int:
-        return len(self.idx)
-
-    def bound(self, p: dict[str, Tensor], x: Tensor, eps: Sequence[Tensor]) -> Tensor:
-        """Each member's objective per data point: [M, B]."""
-        lw = stacked_log_weights(p, self.spec, x, eps, gemm=self.gemm).transpose(0, 1)
-        if len(self.fns) == 1:
-            return self.fns[0](lw)
-        bounds = torch.stack([fn(lw) for fn in self.fns])  # [n_obj, M, B]
-        sel = self.obj_index.view(1, -1, 1).expand(1, bounds.shape[1], bounds.shape[2])
-        return bounds.gather(0, sel).squeeze(0)
-
-
-def group_loss(groups: Sequence[_Group], xs: Sequence[Tensor],
-                eps: Sequence[Sequence[Tensor]]) -> tuple[Tensor, Tensor]:
-    """Sum over members of the negative batch-mean objective, and the bounds [M_total]."""
-    loss = None
-    bounds = []
-    for g, x, e in zip(groups, xs, eps):
-        b = g.bound(g.params, x, e).mean(1)  # [M]
-        loss = -b.sum() if loss is None else loss - b.sum()
-        bounds.append(b.detach())
-    return loss, torch.cat(bounds)
-
-
 # ------------------------------------------------------------------------------- the fleet
-@dataclass
-class _Position:
-    """Where :meth:`Fleet.fit` is: epochs done, step within the current epoch, and that
-    epoch's data orders and running sums (in the fleet's internal member order)."""
-
-    history: list[list[dict]]  # per member (member order), per epoch
-    epoch: int = 0
-    step: int = 0
-    orders: Tensor | None = None  # [M, n]
-    bound_sum: Tensor | None = None  # [M] float64
-    first_bad: Tensor | None = None  # [M]: first step with a non-finite bound, or -1
-    epoch_seconds: float = 0.0
-
-    def new_epoch(self, epoch: int, orders: list[Tensor], device: torch.device) -> None:
-        M = len(orders)
-        self.epoch, self.step, self.epoch_seconds = epoch, 0, 0.0
-        self.orders = torch.stack(orders).to(device)
-        self.bound_sum = torch.zeros(M, dtype=torch.float64, device=device)
-        self.first_bad = torch.full((M,), -1, dtype=torch.long, device=device)
-
-    def add(self, step: int, bounds: Tensor) -> None:
-        self.bound_sum += bounds.double()
-        bad = ~torch.isfinite(bounds) & (self.first_bad < 0)
-        self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step),
-                                     self.first_bad)
-
-    def end_epoch(self, epochs_done: int) -> None:
-        self.epoch, self.step, self.epoch_seconds = epochs_done, 0, 0.0
-
-
 class Fleet:
     """Many IWAE/VAE models trained together (see the module docstring).
 
@@ -218,11 +149,11 @@ class Fleet:
         keys: dict[tuple, list[int]] = {}
         for i, (spec, mem) in enumerate(zip(self.specs, self.members)):
             keys.setdefault((spec, samples_per_point(mem.objective, mem.k)), []).append(i)
-        self.groups: list[_Group] = []
+        self.groups: list[Group] = []
         for (spec, k), idx in keys.items():
             params = stack_state_dicts([models[i].state_dict() for i in idx], spec)
             params = {n: t.to(self.device).requires_grad_(True) for n, t in params.items()}
-            self.groups.append(_Group(spec, k, idx, [self.members[i].objective for i in idx],
+            self.groups.append(Group(spec, k, idx, [self.members[i].objective for i in idx],
                                       params, self.gemm))
         # member order <-> the fleet's internal order (groups contiguous)
         self.order = [i for g in self.groups for i in g.idx]
@@ -247,7 +178,7 @@ class Fleet:
     def parameters(self) -> list[Tensor]:
         return [t for g in self.groups for t in g.params.values()]
 
-    def _locate(self, i: int) -> tuple[_Group, int]:
+    def _locate(self, i: int) -> tuple[Group, int]:
         for g in self.groups:
             if i in g.idx:
                 return g, g.idx.index(i)
@@ -340,7 +271,7 @@ class Fleet:
         opt = self.make_optimizer(schedule[0].lr, graph=use_graph)
         ckpt_path = Path(run_dir) / FLEET_CHECKPOINT if run_dir is not None else None
         fprint = self.fingerprint(n, batch_size, binarize, data_digest(x_train))
-        pos = _Position([[] for _ in range(len(self))])
+        pos = Position([[] for _ in range(len(self))])
         with Session(run_dir, lock_option="--run-root", max_seconds=max_seconds,
                      handle_signals=handle_signals, stop_after_steps=_stop_after_steps) as run:
             if ckpt_path is not None and resume and ckpt_path.exists():
@@ -348,7 +279,7 @@ class Fleet:
                 run.repair_log(self.log_entries(pos.history))
             else:
                 run.fresh_start()
-            stepper = _Stepper(self, opt, batch_size, x_dim, use_graph=use_graph)
+            stepper = Stepper(self, opt, batch_size, x_dim, use_graph=use_graph)
             bar = run.progress_bar(progress, total=total_epochs, initial=pos.epoch,
                                    unit="epoch", desc=f"fleet of {len(self)}", leave=False)
             for epoch in range(pos.epoch, total_epochs):
@@ -388,7 +319,7 @@ class Fleet:
             return run.result(pos.history, True, total_epochs)
 
     def _resume(self, ckpt_path: Path, opt: torch.optim.Optimizer, gens: list[dict],
-                fprint: dict, schedule: Sequence[Stage]) -> _Position:
+                fprint: dict, schedule: Sequence[Stage]) -> Position:
         """Load a fleet checkpoint into the fleet, ``opt`` and ``gens`` after checking that
         it is this fleet's; repair ``log.jsonl`` from its history. -> where it stopped."""
         state = load_checkpoint(ckpt_path, map_location=self.device)
@@ -408,7 +339,7 @@ class Fleet:
         for g, s in zip(gens, state["rng"]):
             for name in g:
                 g[name].set_state(s[name].cpu())  # CPU ByteTensors, even for CUDA
-        pos = _Position([list(h) for h in state["history"]], int(state["epoch"]),
+        pos = Position([list(h) for h in state["history"]], int(state["epoch"]),
                         int(state["step"]))
         if pos.step > 0:
             pos.orders = state["orders"].to(self.device)
@@ -418,7 +349,7 @@ class Fleet:
         return pos
 
     def _save(self, ckpt_path: Path | None, opt: torch.optim.Optimizer, gens: list[dict],
-              fprint: dict, pos: _Position) -> None:
+              fprint: dict, pos: Position) -> None:
         """Write the fleet checkpoint (everything to resume at ``pos``), unless a member's
         parameters are NaN or infinite (then the last good checkpoint stays)."""
         bad = self.nonfinite_members()
@@ -466,7 +397,7 @@ class Fleet:
                                  for i in range(len(self))}}
                 for e, first in enumerate(history[0])]
 
-    def _check_finite(self, pos: _Position, epoch: int, steps_per_epoch: int,
+    def _check_finite(self, pos: Position, epoch: int, steps_per_epoch: int,
                       ckpt_path: Path | None) -> None:
         bad = pos.first_bad.cpu().tolist()
         for pos, s in enumerate(bad):
@@ -512,7 +443,7 @@ class Fleet:
         except (RuntimeError, TypeError, ValueError):  # pragma: no cover - old torch/device
             return torch.optim.Adam(params, lr=lr, foreach=True, **kw)
 
-    def group_name(self, g: _Group) -> str:
+    def group_name(self, g: Group) -> str:
         return "+".join(self.names[i] for i in g.idx)
 
     def _load_params(self, stacked: dict[str, dict[str, Tensor]]) -> None:
@@ -544,119 +475,7 @@ class Fleet:
         return out
 
 
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        if isinstance(group["lr"], Tensor):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
-
-
 def _diverged(name: str, epoch: int, step: int, steps_per_epoch: int,
               ckpt_path: Path | None) -> None:
     raise diverged(f"member {name!r}: the bound became NaN or infinite at epoch {epoch + 1}, "
                    f"step {step + 1} of {steps_per_epoch}", ckpt_path)
-
-
-# ------------------------------------------------------------------------------- stepping
-class _Stepper:
-    """Draws each member's batch and noise and runs one optimisation step of the fleet."""
-
-    def __init__(self, fleet: Fleet, opt: torch.optim.Optimizer, batch_size: int, x_dim: int,
-                 use_graph: bool):
-        self.fleet, self.opt, self.B = fleet, opt, batch_size
-        dev = fleet.device
-        dt = fleet.dtype
-        M = len(fleet)
-        self.x_buf = torch.empty(M, batch_size, x_dim, device=dev, dtype=dt)
-        # per group per layer [M_g, k, B, d_l]
-        self.eps_buf = [[torch.empty(g.size, g.k, batch_size, d, device=dev, dtype=dt)
-                         for d in g.spec.latent_dims] for g in fleet.groups]
-        self.loss_fn = group_loss
-        self.graph = None
-        if use_graph:
-            self.graph = _CudaGraphStep(self)
-
-    def draw(self, x_train: Tensor, idx: Tensor, gens: list[dict], binarize: bool) -> None:
-        """Fill x_buf and eps_buf with the members' batches and noise (their generators)."""
-        fleet = self.fleet
-        x = x_train[idx]  # [M, B, D] internal order
-        if binarize:
-            for pos, i in enumerate(fleet.order):
-                torch.bernoulli(x[pos], generator=gens[i]["binarize"], out=self.x_buf[pos])
-        else:
-            self.x_buf.copy_(x)
-        for g, bufs in zip(fleet.groups, self.eps_buf):
-            for j, i in enumerate(g.idx):
-                for buf in bufs:  # layer order, as IWAE.sample_q draws them
-                    torch.randn(buf.shape[1:], generator=gens[i]["noise"], out=buf[j])
-
-    def xs(self) -> list[Tensor]:
-        return list(self.x_buf.split([g.size for g in self.fleet.groups]))
-
-    def eager_step(self) -> Tensor:
-        loss, bounds = self.loss_fn(self.fleet.groups, self.xs(), self.eps_buf)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return bounds
-
-    def step(self, x_train: Tensor, idx: Tensor, gens: list[dict], binarize: bool) -> Tensor:
-        self.draw(x_train, idx, gens, binarize)
-        if self.graph is not None:
-            return self.graph.replay()
-        return self.eager_step()
-
-
-class _CudaGraphStep:
-    """The fleet's step (loss, backward, Adam) captured once in a CUDA graph.
-
-    Warm-up runs real steps on a side stream (as the PyTorch documentation prescribes), so
-    the parameters and Adam state are snapshotted before and restored after it: the capture
-    itself changes nothing, and the first replay is the first real step. Random draws are
-    made outside the graph into its static buffers (see :meth:`_Stepper.draw`).
-    Unmeasured in this repository (no GPU was available); written to be correct by
-    construction.
-    """
-
-    def __init__(self, stepper: _Stepper):
-        self.stepper = stepper
-        opt = stepper.opt
-        params = stepper.fleet.parameters()
-        # fill the static buffers with harmless values for the warm-up
-        stepper.x_buf.zero_()
-        for bufs in stepper.eps_buf:
-            for b in bufs:
-                b.zero_()
-        snap_p = [p.detach().clone() for p in params]
-        had_state = {p: {k: (v.clone() if isinstance(v, Tensor) else v)
-                         for k, v in opt.state[p].items()} for p in params if p in opt.state}
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                stepper.eager_step()
-        torch.cuda.current_stream().wait_stream(s)
-        with torch.no_grad():
-            for p, v in zip(params, snap_p):
-                p.copy_(v)
-            for p in params:
-                st = opt.state[p]
-                old = had_state.get(p)
-                for k, v in st.items():
-                    if isinstance(v, Tensor):
-                        if old is not None and k in old:
-                            v.copy_(old[k])
-                        else:
-                            v.zero_()
-        self.graph = torch.cuda.CUDAGraph()
-        opt.zero_grad(set_to_none=True)
-        with torch.cuda.graph(self.graph):
-            loss, bounds = stepper.loss_fn(stepper.fleet.groups, stepper.xs(), stepper.eps_buf)
-            loss.backward()
-            opt.step()
-        self.bounds = bounds
-
-    def replay(self) -> Tensor:
-        self.graph.replay()
-        return self.bounds.clone()

@@ -78,7 +78,7 @@ from ..schedule import Stage, lr_at, resolve_schedule, schedule_epochs
 from ..seeding import stream_seed
 from ..session import FitResult, Session, check_resumable, data_digest, diverged
 from . import noise
-from .exact import group_loss, set_lr
+from .groups import group_loss, set_lr
 
 __all__ = ["fit_fast", "FastResult", "STATE_DIR", "NOISE_SOURCES", "MOMENT_DTYPES",
            "projected_hours"]
