@@ -8,10 +8,10 @@ import pytest
 import torch
 from helpers import grey, seeded_model, tiny_dataset
 
-from iwae_tutorial.checkpoints import SHARD_BYTES
 from iwae_tutorial.evaluate import log_likelihood_many
 from iwae_tutorial.fleet import Fleet, FleetMember, noise, table1_configs
 from iwae_tutorial.fleet.fast import STATE_DIR, _block_size, fit_fast
+from iwae_tutorial.shards import SHARD_BYTES
 
 N, BATCH, DIM = 60, 20, 40
 ONE = [(24, 6)]
@@ -250,7 +250,7 @@ def test_bfloat16_moments_resume_close_to_uninterrupted(tmp_path):
     first = fleet_of(specs, dtype=torch.float32)
     fit_fast(first, x, epochs=3, batch_size=BATCH, run_dir=tmp_path, progress=False,
              max_seconds=0.0, moments="bfloat16")
-    from iwae_tutorial.checkpoints import load_sharded
+    from iwae_tutorial.shards import load_sharded
 
     state = load_sharded(tmp_path / STATE_DIR)
     dtypes = {v.dtype for st in state["optimizer"]["state"].values() for key, v in st.items()

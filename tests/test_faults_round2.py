@@ -26,7 +26,6 @@ from iwae_tutorial.checkpoints import (
     CheckpointError,
     RunDirLock,
     UnsafeLockError,
-    load_sharded,
     load_tensors,
     save_tensors,
     write_atomic,
@@ -40,6 +39,7 @@ from iwae_tutorial.integrity import MARKER_NAME, ForeignRunDirError
 from iwae_tutorial.models import IWAE
 from iwae_tutorial.results import check_finite_scores, find_results
 from iwae_tutorial.runs import CHECKPOINT_NAME, check_run_data, load_or_train, read_run
+from iwae_tutorial.shards import load_sharded
 
 N, BATCH, K = 100, 20, 3
 
@@ -226,7 +226,7 @@ def test_tampered_fast_state_index(fast_state, edit, fragment):
 def test_fast_state_of_other_epochs_than_its_history(fast_state):
     state = load_sharded(fast_state)
     state["epoch"] = 3
-    from iwae_tutorial.checkpoints import save_sharded
+    from iwae_tutorial.shards import save_sharded
 
     save_sharded(fast_state, state)
     with pytest.raises(CheckpointError, match="epoch counter says 3"):

@@ -59,7 +59,7 @@ def test_the_table_state_plus_data_travels_in_under_48_mib(tmp_path):
     assert size["state_unpacked_bytes"] + size["data_bytes"] < 48 * MIB, size
     parts = gs.pack(run, tmp_path / "out")
     assert all(p.stat().st_size <= 15 * MIB for p in parts) and len(parts) <= 3
-    from iwae_tutorial.checkpoints import load_sharded
+    from iwae_tutorial.shards import load_sharded
 
     state = load_sharded(run / "1L" / "fast-state")
     assert {v.dtype for st in state["optimizer"]["state"].values()

@@ -23,7 +23,7 @@ operation. So
 
 Its checkpoints hold no generator states (the noise is a function of the step): parameters,
 Adam moments and the epoch, sharded into files of at most 16 MiB
-(:func:`iwae_tutorial.checkpoints.save_sharded`), so a run's whole state comes back from a
+(:func:`iwae_tutorial.shards.save_sharded`), so a run's whole state comes back from a
 device command and is carried into the next one.
 
 The noise differs from ``torch.randn``'s, so the fast path matches the exact path in
@@ -68,8 +68,6 @@ from torch import Tensor
 
 from ..checkpoints import (
     CheckpointError,
-    load_sharded,
-    save_sharded,
     sync_log,
     write_json_atomic,
 )
@@ -77,6 +75,7 @@ from ..integrity import check_histories
 from ..schedule import Stage, lr_at, resolve_schedule, schedule_epochs
 from ..seeding import stream_seed
 from ..session import FitResult, Session, check_resumable, data_digest, diverged
+from ..shards import load_sharded, save_sharded
 from . import noise
 from .groups import group_loss, set_lr
 
