@@ -23,15 +23,13 @@ from .files import (
     DataError,
     FileSpec,
     data_search_dirs,
-    first_good,
     good_copy_text,
     maybe_gunzip,
     read_bytes,
     searched_text,
     stat_key,
-    to_labels,
-    to_unit_float,
 )
+from .reading import first_good, to_labels, to_unit_float
 
 MNIST_N_VALID = 400
 """The last 400 of the 60,000 MNIST training images are the validation set (Burda et al.)."""

@@ -19,14 +19,12 @@ from .files import (
     DataError,
     FileSpec,
     data_search_dirs,
-    first_good,
     read_bytes,
     searched_text,
     stat_key,
-    to_labels,
-    to_unit_float,
     verify_file,
 )
+from .reading import first_good, to_labels, to_unit_float
 
 CHARDATA_FILE = FileSpec(
     dataset="omniglot",
