@@ -40,7 +40,7 @@ def reproduce_argv(command: str) -> list[str]:
 def result_path(command: str) -> Path:
     """The result file the ``reproduce`` command line ``command`` writes:
     ``<--results-dir>/<protocol tag>.json`` (:func:`iwae_tutorial.reproduce.protocol_tag`)."""
-    from .cli import build_parser
+    from .cliargs import build_parser
     from .reproduce import protocol_tag, resolve_budget
 
     args = build_parser().parse_args(["reproduce", *reproduce_argv(command)])
