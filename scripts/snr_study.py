@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             "protocol": {"args": protocol, "dataset": "mnist",
                          "images": f"the first {args.n} test images, binarized once (seed 0)",
                          "model": {"file": path.name, "epochs": meta.get("epochs"),
-                                   "test_nll": meta.get("test_nll"),
+                                   "nll": meta.get("nll"),
                                    "eval_k": meta.get("eval_k")},
                          "snr": "network SNR = ||mean g|| / sqrt(sum of variances), the squared "
                                 "signal debiased (snr.network_snr); median: over parameters of "

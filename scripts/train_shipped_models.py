@@ -37,6 +37,7 @@ from iwae_tutorial.fleet import Fleet
 from iwae_tutorial.fleet.stacked import tune_malloc
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
+from iwae_tutorial.results import model_record
 from iwae_tutorial.runs import SHIPPED_DIR, load_run, train_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,25 +104,25 @@ def export(run_name: str, run_dir: Path, out_dir: Path, eval_n: int, eval_k: int
         raise SystemExit(f"{run_name}: float16 storage changes the test NLL by {diff:.3f} "
                          f"nats (> {TOLERANCE}); not written")
     n = x.shape[0]
-    meta = {
-        "name": run_name, "config": asdict(cfg), "dataset": ds.name,
-        "epochs": len(history), "train_bound": history[-1]["train_bound"],
-        "storage": "float16 weights (IWAE state dict), read back as float32",
-        "test_nll": float(nll["float16"].mean()),
-        "test_nll_stderr": float(nll["float16"].std() / n ** 0.5),
-        "test_nll_float32": float(nll["float32"].mean()),
-        "float16_minus_float32_nats": float(nll["float16"].mean() - nll["float32"].mean()),
+    evaluation = {  # the one schema's evaluation fields (no active units counted here)
+        "nll": float(nll["float16"].mean()),
+        "nll_stderr": float(nll["float16"].std() / n ** 0.5),
         "eval_k": eval_k, "eval_n": n, "eval_n_total": int(ds.x_test.shape[0]),
         "eval_subset": f"the first {n} of the {ds.x_test.shape[0]} test points"
                        + (", binarized once (seed 0)" if ds.binarize else ""),
-        "wall_time_s": {"train_all_sessions": sum(h["seconds"] for h in history),
-                        "train_this_session": t_train, "eval_nll": t_eval},
-        "provenance": provenance(command=command, device="cpu"),
     }
+    meta = model_record(
+        asdict(cfg), ds.name, history, evaluation,
+        name=run_name, storage="float16 weights (IWAE state dict), read back as float32",
+        nll_float32=float(nll["float32"].mean()),
+        float16_minus_float32_nats=float(nll["float16"].mean() - nll["float32"].mean()),
+        wall_time_s={"train_all_sessions": sum(h["seconds"] for h in history),
+                     "train_this_session": t_train, "eval_nll": t_eval},
+        provenance=provenance(command=command, device="cpu"))
     save_tensors(out_dir / f"{run_name}.pt", {"model": half, "model_config": model.config})
     write_json_atomic(out_dir / f"{run_name}.json", meta)
-    print(f"{run_name}: {len(history)} epochs, test NLL {meta['test_nll']:.3f} "
-          f"(float32 {meta['test_nll_float32']:.3f})", file=sys.stderr)
+    print(f"{run_name}: {len(history)} epochs, test NLL {meta['nll']:.3f} "
+          f"(float32 {meta['nll_float32']:.3f})", file=sys.stderr)
     return meta
 
 

@@ -63,3 +63,31 @@ def test_load_or_train_uses_the_shipped_model_unless_told_to_retrain(monkeypatch
                      n_train=100)
     _, info = load_or_train(tiny, device="cpu", progress=False)
     assert info["source"] == "trained in this notebook"
+
+
+def test_the_shipped_model_script_writes_the_one_record(tmp_path):
+    """scripts/train_shipped_models.py writes each model's metadata as the one result record
+    (results.model_record), which the loaders read back (runs.find_trained, describe_source)."""
+    import importlib.util
+    from pathlib import Path
+
+    from iwae_tutorial import runs
+    from iwae_tutorial.experiments import RunConfig
+    from iwae_tutorial.results import SCHEMA
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(
+        "train_shipped_models", root / "scripts" / "train_shipped_models.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cfg = RunConfig(dataset="camel", objective="iwae", k=5, layers=[[5, 5, 1]], epochs=1,
+                    n_train=200, seed=0)
+    runs.train_run(cfg, run_dir=tmp_path / "run", device="cpu", progress=False)
+    meta = script.export("camel-iwae-k5-s0", tmp_path / "run", tmp_path / "out", eval_n=50,
+                         eval_k=10, command=["test"], t_train=0.0)
+    assert meta["schema"] == SCHEMA and meta["name"] == "camel-iwae-k5-s0"
+    assert meta["nll"] is not None and "test_nll" not in meta and meta["epochs"] == 1
+    path, found = runs.find_trained("camel", "iwae", 5, [[5, 5, 1]], tmp_path / "out",
+                                    shipped=False)
+    assert path.name == "camel-iwae-k5-s0.pt" and found["nll"] == meta["nll"]
+    assert "test NLL" in runs.describe_source({"source": "x", **found})

@@ -135,10 +135,10 @@ def source_line(info: dict, name: str | None = None) -> str:
         return "; ".join(parts) + "."
     where = source.split(", trained for")[0] or "a stored model"
     parts = [f"{label}: {where}, trained for {span}"]
-    if info.get("test_nll") is not None:
-        se = info.get("test_nll_stderr")
+    if info.get("nll") is not None:
+        se = info.get("nll_stderr")
         n = info.get("eval_n")
-        parts.append(f"test NLL {float(info['test_nll']):.2f}"
+        parts.append(f"test NLL {float(info['nll']):.2f}"
                      + (f" ± {float(se):.2f}" if se else "") + " nats"
                      + (f" (L_{info['eval_k']}" if info.get("eval_k") else " (")
                      + (f", {n} test points)" if n else ")"))

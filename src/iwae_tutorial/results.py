@@ -19,6 +19,7 @@ from .objectives import objective_slug
 from .paper import ONE_LAYER, PAPER_EPOCHS, TABLE1_KS, TWO_LAYERS, paper_numbers
 
 __all__ = ["published_dir", "SCHEMA", "model_record", "evaluation_fields", "read_record",
+           "current_keys",
            "read_run_result", "load_result", "find_results", "table1_cells", "table1_order",
            "pack_per_image", "unpack_per_image", "slim_record",
            "table1_markdown", "table1_text",
@@ -39,7 +40,8 @@ def published_dir() -> Path | None:
             return d
     return None
 #: old key -> key of the one schema (files written before it)
-_OLD_KEYS = {"test_nll": "nll", "test_nll_stderr": "nll_stderr", "wall_seconds": "wall_time_s",
+_OLD_KEYS = {"test_nll": "nll", "test_nll_stderr": "nll_stderr", "test_nll_float32": "nll_float32",
+             "wall_seconds": "wall_time_s",
              "epochs_done": "epochs", "final_train_bound": "train_bound", "run_name": "name"}
 
 _REQUIRED = ("dataset", "budget", "protocol", "configurations", "provenance")
@@ -129,11 +131,17 @@ def model_record(config: dict[str, Any], dataset: str, history: list[dict],
     return record
 
 
+def current_keys(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with the keys of files written before the one schema renamed
+    (``test_nll`` -> ``nll``, ...); everything else as it is."""
+    return {_OLD_KEYS.get(k, k): v for k, v in record.items()}
+
+
 def read_record(record: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
     """A model record in the one schema, whether it was written in it or before it: old key
     names mapped, and the paper's numbers (quoted constants, not measurements) taken from
     :mod:`iwae_tutorial.paper`; the measurements and the provenance are kept as written."""
-    out = {_OLD_KEYS.get(k, k): v for k, v in record.items()}
+    out = current_keys(record)
     if "objective" not in out and "config" in out:
         cfg = out["config"]
         out.update(objective=cfg["objective"], k=cfg["k"], layers=cfg["layers"],

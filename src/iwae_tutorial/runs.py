@@ -37,6 +37,7 @@ from .integrity import (
     claim_run_dir,
 )
 from .models import IWAE
+from .results import current_keys
 from .schedule import schedule_epochs
 from .session import LOG_NAME, RESTART_FIX, check_state, data_digest
 from .train import (
@@ -273,12 +274,12 @@ def _candidates(d: Path) -> list[tuple[Path, dict]]:
     for meta_path in sorted(d.glob("*.json")):
         weights = meta_path.with_suffix(".pt")
         meta = _read_json(meta_path)
-        if weights.exists() and meta is not None:
-            out.append((weights, {**meta, "metadata_file": str(meta_path)}))
+        if weights.exists() and meta is not None:  # in the one schema's keys
+            out.append((weights, {**current_keys(meta), "metadata_file": str(meta_path)}))
     for sub in sorted(p for p in d.iterdir() if p.is_dir()):
         weights, cfg = sub / CHECKPOINT_NAME, _read_json(sub / CONFIG_NAME)
         if weights.exists() and cfg is not None:
-            meta = _read_json(sub / "metadata.json") or {}
+            meta = current_keys(_read_json(sub / "metadata.json") or {})
             out.append((weights, {"config": cfg, **meta, "metadata_file": str(sub)}))
     return out
 
@@ -399,7 +400,8 @@ def _check_found(model: IWAE, path: Path, meta: dict, cfg: Any, ds: Any) -> None
 
 #: metadata fields describe_source leaves out (local file paths, long per-epoch data)
 _NOT_SHOWN = ("source", "history", "metadata_file", "weights_file", "wall_time_s", "config",
-              "provenance", "name", "storage", "test_nll_float32", "eval_n_total")
+              "provenance", "name", "storage", "nll_float32", "eval_n_total", "schema",
+              "train_bound_per_epoch", "paper", "gap_to_paper_nll")
 
 
 def describe_source(info: dict, width: int = 110) -> str:
@@ -408,9 +410,9 @@ def describe_source(info: dict, width: int = 110) -> str:
     commit, date, device); then the remaining metadata fields (local file paths and the
     per-epoch history left out, long values cut)."""
     lines = [str(info.get("source", "unknown source"))]
-    if info.get("test_nll") is not None:
-        se = info.get("test_nll_stderr")
-        lines.append(f"    test NLL {info['test_nll']:.3f}" + (f" +- {se:.3f}" if se else "")
+    if info.get("nll") is not None:
+        se = info.get("nll_stderr")
+        lines.append(f"    test NLL {info['nll']:.3f}" + (f" +- {se:.3f}" if se else "")
                      + f" nats (L_{info.get('eval_k')}, {info.get('eval_subset')})")
     prov = info.get("provenance")
     if isinstance(prov, dict):
@@ -421,7 +423,7 @@ def describe_source(info: dict, width: int = 110) -> str:
                      f"{dirty}, {str(prov.get('date_utc', '?'))[:10]}, on "
                      f"{prov.get('device_name', prov.get('device', '?'))}")
     for key, value in info.items():
-        if key in _NOT_SHOWN or key in ("test_nll", "test_nll_stderr", "eval_k", "eval_subset"):
+        if key in _NOT_SHOWN or key in ("nll", "nll_stderr", "eval_k", "eval_subset"):
             continue
         text = value if isinstance(value, str) else json.dumps(value, default=str,
                                                                 separators=(", ", "="))

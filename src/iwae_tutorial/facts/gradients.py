@@ -6,6 +6,7 @@ claim that paragraph makes (AssertionError naming the claim when the file does n
 
 from __future__ import annotations
 
+from ..results import current_keys
 from ..studies import check_claim, markdown_table, minutes, paired_difference, provenance_line
 
 __all__ = ["estimator_label", "estimator_rows", "estimator_table", "estimator_facts", "snr_facts",
@@ -140,7 +141,8 @@ def snr_facts(study: dict) -> dict:
     check_claim(max(abs(a - b) for a, b in zip(dec["dreg"], dec["iwae"])) < 1e-3 * max(dec["iwae"]),
            "DReG shares the IWAE's decoder gradient")
     return {"ks": ks, "curves": curves, "floor": floor, "slope": slope, "n": args["n"],
-            "repeats": args["repeats"], "model": study["protocol"]["model"],
+            "repeats": args["repeats"],
+            "model": current_keys(study["protocol"]["model"]),
             "ratio_dreg": enc["dreg"][-1] / enc["iwae"][-1], "encoder": enc}
 
 
