@@ -68,26 +68,30 @@ def check_fused_eval(device: torch.device) -> dict:
     return {"max_abs_diff_nats": d, "ok": d < 1e-2}
 
 
-def check_fast_graph_vs_eager(device: torch.device) -> dict:
-    from iwae_tutorial.fleet import Fleet, FleetMember, table1_configs
-    from iwae_tutorial.fleet.fast import fit_fast
+def _table_fleet(cfgs, device: torch.device):
+    """A fleet of ``cfgs`` (Table 1 configurations), each member initialised by its seed."""
+    from iwae_tutorial.fleet import Fleet, FleetMember
     from iwae_tutorial.models import IWAE
+
+    models = []
+    for c in cfgs:
+        torch.manual_seed(c.seed)
+        models.append(IWAE(784, c.layers).to(device))
+    return Fleet(models, [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs])
+
+
+def check_fast_graph_vs_eager(device: torch.device) -> dict:
+    from iwae_tutorial.fleet import table1_configs
+    from iwae_tutorial.fleet.fast import fit_fast
 
     if device.type != "cuda":
         return {"ok": True, "skipped": "no CUDA graph on the CPU (eager twin tested by pytest)"}
     cfgs = table1_configs("mnist", epochs=1)
     x = torch.rand(200, 784, generator=torch.Generator().manual_seed(2))
 
-    def fleet():
-        models = []
-        for c in cfgs:
-            torch.manual_seed(c.seed)
-            models.append(IWAE(784, c.layers).to(device))
-        return Fleet(models, [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs])
-
     out: dict = {"ok": True}
     for source in ("counter", "device"):  # the device generator: graph-safe Philox
-        a, b = fleet(), fleet()
+        a, b = _table_fleet(cfgs, device), _table_fleet(cfgs, device)
         fit_fast(a, x, epochs=2, batch_size=20, cuda_graph=True, block=5, progress=False,
                  noise=source)
         fit_fast(b, x, epochs=2, batch_size=20, cuda_graph=False, progress=False, noise=source)
@@ -102,26 +106,18 @@ def check_fast_resume_on_device(device: torch.device) -> dict:
     read back) == two epochs in one go, up to rounding."""
     import tempfile
 
-    from iwae_tutorial.fleet import Fleet, FleetMember, table1_configs
+    from iwae_tutorial.fleet import table1_configs
     from iwae_tutorial.fleet.fast import fit_fast
-    from iwae_tutorial.models import IWAE
 
     cfgs = table1_configs("mnist", epochs=1)[:3]
     x = torch.rand(200, 784, generator=torch.Generator().manual_seed(3))
 
-    def fleet():
-        models = []
-        for c in cfgs:
-            torch.manual_seed(c.seed)
-            models.append(IWAE(784, c.layers).to(device))
-        return Fleet(models, [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs])
-
-    a, b = fleet(), fleet()
+    a, b = _table_fleet(cfgs, device), _table_fleet(cfgs, device)
     fit_fast(a, x, epochs=2, batch_size=20, progress=False, noise="device")
     with tempfile.TemporaryDirectory() as tmp:
         first = fit_fast(b, x, epochs=2, batch_size=20, progress=False, noise="device",
                          run_dir=tmp, max_seconds=0.0, handle_signals=False)
-        b2 = fleet()
+        b2 = _table_fleet(cfgs, device)
         fit_fast(b2, x, epochs=2, batch_size=20, progress=False, noise="device", run_dir=tmp,
                  handle_signals=False)
     d = max(_max_diff(a.state_dict_of(i), b2.state_dict_of(i)) for i in range(len(cfgs)))

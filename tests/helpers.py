@@ -79,3 +79,18 @@ def one_line_error(capsys, code: int, *fragments: str) -> str:
 #: a small, fast camel run on the command line (the fault tests train and break it)
 CAMEL = ["--dataset", "camel", "--layers", "8,1", "--n-train", "200", "--k", "2",
          "--eval-k", "10", "--eval-n", "20", "--no-progress"]
+
+
+def smoke_chapter_env(monkeypatch) -> None:
+    """Skip without MNIST; else the smoke profile, outside a book build (for kernels that run
+    a chapter)."""
+    import pytest
+
+    from iwae_tutorial.data import DataError, load_mnist
+
+    try:
+        load_mnist(download=False)
+    except DataError as e:
+        pytest.skip(f"MNIST is not available here (set IWAE_DATA_DIR): {str(e)[:100]}")
+    monkeypatch.setenv("IWAE_PROFILE", "smoke")
+    monkeypatch.delenv("IWAE_BOOK_BUILD", raising=False)

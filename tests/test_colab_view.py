@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import smoke_chapter_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = ROOT / "notebooks" / "05_density_estimation.ipynb"
@@ -17,14 +18,7 @@ CHAPTER = ROOT / "notebooks" / "05_density_estimation.ipynb"
 def test_generated_paragraphs_hold_numbers_outside_jupyter_book(monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    from iwae_tutorial.data import DataError, load_mnist
-
-    try:
-        load_mnist(download=False)
-    except DataError as e:
-        pytest.skip(f"MNIST is not available here (set IWAE_DATA_DIR): {str(e)[:100]}")
-    monkeypatch.setenv("IWAE_PROFILE", "smoke")
-    monkeypatch.delenv("IWAE_BOOK_BUILD", raising=False)
+    smoke_chapter_env(monkeypatch)
     nb = nbformat.read(CHAPTER, as_version=4)
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(CHAPTER.parent)}}).execute()

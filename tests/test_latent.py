@@ -159,16 +159,22 @@ def test_reconstruction_metrics():
         "log_lik_mean", "log_lik_sampled", "pixel_error"}
 
 
+def _stored_iwae_k50(root):
+    """A small model stored as ``root/a.pt`` with metadata (an IWAE, k = 50, 7 epochs)."""
+    torch.manual_seed(5)
+    m = IWAE(784, [(8, 2)])
+    save_checkpoint(root / "a.pt", {"model": m.state_dict(), "model_config": m.config})
+    (root / "a.json").write_text(json.dumps({"dataset": "mnist", "objective": "iwae", "k": 50,
+                                             "layers": [[8, 2]], "epochs": 7}))
+    return m
+
+
 def test_checkpoints_are_found_by_configuration(tmp_path, monkeypatch):
     monkeypatch.delenv("IWAE_CHECKPOINT_DIR", raising=False)
     from iwae_tutorial.experiments import RunConfig
 
-    torch.manual_seed(5)
-    m = IWAE(784, [(8, 2)])
     root = tmp_path / "ckpt"
-    save_checkpoint(root / "a.pt", {"model": m.state_dict(), "model_config": m.config})
-    (root / "a.json").write_text(json.dumps({"dataset": "mnist", "objective": "iwae", "k": 50,
-                                             "layers": [[8, 2]], "epochs": 7}))
+    m = _stored_iwae_k50(root)
     run = root / "run"  # the layout of a run directory written by train_run
     save_checkpoint(run / "checkpoint.pt", {"model": m.state_dict(), "model_config": m.config})
     (run / "config.json").write_text(json.dumps({"dataset": "mnist", "objective": "vae",
@@ -248,12 +254,8 @@ def test_a_loaded_model_says_when_its_epochs_are_not_the_configurations(tmp_path
     says so in the source line the chapters print."""
     from iwae_tutorial.experiments import RunConfig
 
-    torch.manual_seed(5)
-    m = IWAE(784, [(8, 2)])
     root = tmp_path / "ckpt"
-    save_checkpoint(root / "a.pt", {"model": m.state_dict(), "model_config": m.config})
-    (root / "a.json").write_text(json.dumps({"dataset": "mnist", "objective": "iwae", "k": 50,
-                                             "layers": [[8, 2]], "epochs": 7}))
+    _stored_iwae_k50(root)
     for asked, note in ((1, True), (7, False)):
         cfg = RunConfig(objective="iwae", k=50, layers=[[8, 2]], epochs=asked)
         _, info = runs.load_or_train(cfg, device="cpu", root=root)

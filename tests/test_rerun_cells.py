@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import smoke_chapter_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -17,14 +18,7 @@ CHAPTERS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 def test_every_cell_runs_twice_in_one_kernel(chapter, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    from iwae_tutorial.data import DataError, load_mnist
-
-    try:
-        load_mnist(download=False)
-    except DataError as e:
-        pytest.skip(f"MNIST is not available here (set IWAE_DATA_DIR): {str(e)[:100]}")
-    monkeypatch.setenv("IWAE_PROFILE", "smoke")
-    monkeypatch.delenv("IWAE_BOOK_BUILD", raising=False)
+    smoke_chapter_env(monkeypatch)
     nb = nbformat.read(chapter, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(chapter.parent)}})
