@@ -165,7 +165,7 @@ def ops_per_step(cfgs, device, bias, batch: int, noise: str) -> dict:
     by a TorchDispatchMode on an eager step: a device-independent proxy for kernel launches."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from iwae_tutorial.fleet.fast import _Steps
+    from iwae_tutorial.fleet.fast import _BlockRunner
 
     class Count(TorchDispatchMode):
         def __init__(self):
@@ -185,7 +185,7 @@ def ops_per_step(cfgs, device, bias, batch: int, noise: str) -> dict:
     fl = Fleet(build_models(cfgs, device, bias), members)
     x = torch.rand(batch * 2, X_DIM, generator=torch.Generator().manual_seed(1)).to(device)
     opt = fl.make_optimizer(1e-3, graph=False)
-    steps = _Steps(fl, opt, x, batch, True, 1, False, noise)
+    steps = _BlockRunner(fl, opt, x, batch, True, 1, False, noise)
     steps.new_epoch(0, 2)
     steps.one_step()  # Adam's state exists from here on
     with Count() as c:

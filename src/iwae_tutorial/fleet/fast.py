@@ -92,7 +92,7 @@ MOMENT_DTYPES = {"exact": None, "bfloat16": torch.bfloat16}
 FastResult = FitResult
 
 
-class _Steps:
+class _BlockRunner:
     """The fast step's static buffers and counters, and ``block`` steps run (or replayed)."""
 
     def __init__(self, fleet, opt: torch.optim.Optimizer, x_train: Tensor, batch_size: int,
@@ -205,9 +205,10 @@ class _Steps:
 class _BlockGraph:
     """``block`` fast steps captured in one CUDA graph (warm-up on a side stream, with every
     parameter, Adam moment and counter restored afterwards, so the capture changes nothing).
-    Not run in this repository's tests (no GPU); its eager twin :meth:`_Steps.run_block` is."""
+    Not run in this repository's tests (no GPU); its eager twin
+    :meth:`_BlockRunner.run_block` is."""
 
-    def __init__(self, steps: _Steps):
+    def __init__(self, steps: _BlockRunner):
         opt, params = steps.opt, steps.fleet.parameters()
         buffers = [steps.step_t, steps.gstep_t, steps.bound_sum, steps.first_bad]
         snap = [t.detach().clone() for t in params + buffers]
@@ -314,7 +315,7 @@ def fit_fast(
         else:
             run.fresh_start()
         frozen: dict[str, int] = dict((saved or {}).get("frozen") or {})
-        steps = _Steps(fleet, opt, x_train, batch_size, binarize, block, use_graph, noise)
+        steps = _BlockRunner(fleet, opt, x_train, batch_size, binarize, block, use_graph, noise)
         if saved is not None and noise == "device":
             try:
                 steps.noise.load_state(saved.get("generator"))
@@ -376,7 +377,7 @@ def fit_fast(
                 return run.result(history, False, epoch + 1, dict(frozen))
         return run.result(history, True, total, dict(frozen))
 
-def _save(fleet, opt, steps: _Steps, state_dir: Path | None, fprint: dict, epochs_done: int,
+def _save(fleet, opt, steps: _BlockRunner, state_dir: Path | None, fprint: dict, epochs_done: int,
           history: list[list[dict]], frozen: dict[str, int], *, moments: str) -> None:
     """The sharded state; Adam's moments in ``moments`` (parameters and steps as they are)."""
     if state_dir is None:
