@@ -20,7 +20,7 @@ def test_every_cell_runs_twice_in_one_kernel(chapter, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     smoke_chapter_env(monkeypatch)
     nb = nbformat.read(chapter, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(chapter.parent)}})
     with client.setup_kernel():
         for run in (1, 2):  # the whole chapter, then the whole chapter again
