@@ -29,7 +29,7 @@
 # (PYTHONPATH). What comes back in $OUT (at most 8 files of at most 16 MiB):
 #   job.log  preflight.json  checks.json  benchmark-train.json
 #   results/<protocol>.json          the stage-wise table, every stage scored so far
-#   state/state.tar.xz.part-NN       the run's state while the table is unfinished (<= 2 parts)
+#   state/state.tar.xz.part-NN       the run's state while the table is unfinished (2-3 parts)
 #   models.pt                        the furthest scored stage's models, float16 (if room)
 # To continue in the next window: copy $OUT/state/ to .device/state/ and run the job again.
 set -uo pipefail
@@ -49,7 +49,7 @@ while [ $# -gt 0 ]; do
     --budget) BUDGET="$2"; shift ;;
     --state) STATE_IN="$2"; shift ;;
     --tf32) TF32="--tf32" ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "gpu_job: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
