@@ -49,7 +49,7 @@ while [ $# -gt 0 ]; do
     --budget) BUDGET="$2"; shift ;;
     --state) STATE_IN="$2"; shift ;;
     --tf32) TF32="--tf32" ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "gpu_job: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
