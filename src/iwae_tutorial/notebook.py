@@ -117,6 +117,9 @@ def source_line(info: dict, name: str | None = None) -> str:
     that trained it, e.g. "IWAE (k = 5): the model shipped with the package, trained for 30
     epochs; test NLL 90.56 ± 0.78 nats (L_5000, 1000 test points); commit 95d4ccb, 2026-12-01."
     """
+    from .results import current_keys
+
+    info = current_keys(info)  # files written before the one schema: its keys
     cfg = info.get("config") if isinstance(info.get("config"), dict) else info
     label = name or str(cfg.get("objective", "model")).upper()
     if cfg.get("k") is not None:

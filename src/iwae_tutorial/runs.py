@@ -274,12 +274,12 @@ def _candidates(d: Path) -> list[tuple[Path, dict]]:
     for meta_path in sorted(d.glob("*.json")):
         weights = meta_path.with_suffix(".pt")
         meta = _read_json(meta_path)
-        if weights.exists() and meta is not None:  # in the one schema's keys
-            out.append((weights, {**current_keys(meta), "metadata_file": str(meta_path)}))
+        if weights.exists() and meta is not None:  # as written (old files: old keys)
+            out.append((weights, {**meta, "metadata_file": str(meta_path)}))
     for sub in sorted(p for p in d.iterdir() if p.is_dir()):
         weights, cfg = sub / CHECKPOINT_NAME, _read_json(sub / CONFIG_NAME)
         if weights.exists() and cfg is not None:
-            meta = current_keys(_read_json(sub / "metadata.json") or {})
+            meta = _read_json(sub / "metadata.json") or {}
             out.append((weights, {"config": cfg, **meta, "metadata_file": str(sub)}))
     return out
 
@@ -409,6 +409,7 @@ def describe_source(info: dict, width: int = 110) -> str:
     source; for a stored model its test NLL and how it was scored, and who trained it (command,
     commit, date, device); then the remaining metadata fields (local file paths and the
     per-epoch history left out, long values cut)."""
+    info = current_keys(info)  # files written before the one schema: its keys
     lines = [str(info.get("source", "unknown source"))]
     if info.get("nll") is not None:
         se = info.get("nll_stderr")
