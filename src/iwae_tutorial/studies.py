@@ -99,11 +99,6 @@ def paired_difference(a: dict, b: dict) -> tuple[float, float]:
     return float(d.mean()), float(d.std() / len(d) ** 0.5)
 
 
-def run_dir_of(root: str | Path, cfg: RunConfig) -> Path:
-    """Where a study keeps the run of ``cfg`` trained alone (by ``train.fit``)."""
-    return Path(root) / cfg.name
-
-
 #: a study script's arguments that say where and how it runs, not what it computes
 RUN_ARGUMENTS = ("threads", "run_root", "out")
 
