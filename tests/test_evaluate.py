@@ -7,8 +7,14 @@ import torch
 from helpers import X, exact_posterior_model, linear_gaussian, log_px
 
 from iwae_tutorial.bounds import elbo, log_mean_exp
-from iwae_tutorial.evaluate import LogMeanExpAccumulator, active_units, log_likelihood
+from iwae_tutorial.evaluate import (
+    LogMeanExpAccumulator,
+    active_units,
+    log_likelihood,
+    reconstruction_loss,
+)
 from iwae_tutorial.models import IWAE
+from iwae_tutorial.toy import LinearGaussian
 
 
 def binary_images(n: int, dim: int = 784, seed: int = 0) -> torch.Tensor:
@@ -196,3 +202,18 @@ def test_active_units_threshold_and_batching():
     high = float(max(v.max() for v in a.variances)) + 1
     assert active_units(model, x, threshold=high).counts == [0, 0]
     assert active_units(model, x, threshold=-1).counts == [5, 3]
+
+
+def test_reconstruction_loss_on_the_linear_gaussian_toy():
+    """-log p(x | h), h ~ q: E_q[(x - a h - b)^2] / (2 s^2) + log(s sqrt(2 pi)) in closed form
+    for q = N(m, v), against the Monte Carlo estimate of evaluate.reconstruction_loss."""
+    lg = LinearGaussian()
+    model = lg.shifted_model(0.5, 1.3)
+    x = torch.tensor([[0.8], [-1.0], [2.0]], dtype=torch.float64)
+    m, sd = lg.posterior(x)
+    qm, qv = m + 0.5 * sd, (1.3 * sd) ** 2
+    exact = (((x[:, 0] - lg.a * qm - lg.b) ** 2 + lg.a ** 2 * qv) / (2 * lg.s ** 2)
+             + math.log(lg.s * math.sqrt(2 * math.pi)))
+    est = reconstruction_loss(model, x, 200_000, generator=torch.Generator().manual_seed(0))
+    assert est.shape == (3,)
+    assert torch.allclose(est, exact, atol=0.01)

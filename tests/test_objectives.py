@@ -1,25 +1,28 @@
-"""The estimators beyond the paper (Roeder et al. 2017; Rainforth et al. 2018): STL, MIWAE,
-CIWAE, PIWAE — their identities and which network each gradient comes from."""
+"""The objectives: the one registry (each objective's options, ranges, log-weights form), the
+specs that name them, and the estimators beyond the paper (Roeder et al. 2017; Rainforth et
+al. 2018): STL, MIWAE, CIWAE, PIWAE — their identities and which network each gradient comes
+from."""
 
-import math
 
 import pytest
 import torch
 from helpers import X, exact_posterior_model, grey, seeded_model
 
 from iwae_tutorial.bounds import elbo, iwae_bound, power_bound
-from iwae_tutorial.evaluate import reconstruction_loss
 from iwae_tutorial.experiments import RunConfig
+from iwae_tutorial.models import IWAE
 from iwae_tutorial.objectives import (
     OBJECTIVES,
+    REGISTRY,
+    fleet_objectives,
     get_objective,
     log_w_objective,
     loss,
     objective_slug,
     parse_objective,
+    register,
     samples_per_point,
 )
-from iwae_tutorial.toy import LinearGaussian
 from iwae_tutorial.train import fit
 
 K, M, B = 4, 3, 6
@@ -156,16 +159,37 @@ def test_cli_takes_objective_specs(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_reconstruction_loss_on_the_linear_gaussian_toy():
-    """-log p(x | h), h ~ q: E_q[(x - a h - b)^2] / (2 s^2) + log(s sqrt(2 pi)) in closed form
-    for q = N(m, v), against the Monte Carlo estimate of evaluate.reconstruction_loss."""
-    lg = LinearGaussian()
-    model = lg.shifted_model(0.5, 1.3)
-    x = torch.tensor([[0.8], [-1.0], [2.0]], dtype=torch.float64)
-    m, sd = lg.posterior(x)
-    qm, qv = m + 0.5 * sd, (1.3 * sd) ** 2
-    exact = (((x[:, 0] - lg.a * qm - lg.b) ** 2 + lg.a ** 2 * qv) / (2 * lg.s ** 2)
-             + math.log(lg.s * math.sqrt(2 * math.pi)))
-    est = reconstruction_loss(model, x, 200_000, generator=torch.Generator().manual_seed(0))
-    assert est.shape == (3,)
-    assert torch.allclose(est, exact, atol=0.01)
+def test_new_objectives_slot_in_by_name():
+    @register("test-half-elbo")
+    def half(model, x, k, **kw):
+        b = 0.5 * model.log_weights(x, k, **kw).mean(0)
+        return b, b
+
+    try:
+        m = IWAE(8, [(4, 2)])
+        x = torch.rand(3, 8).bernoulli()
+        g = torch.Generator().manual_seed(0)
+        a = loss(m, x, 4, "test-half-elbo", generator=g)
+        g = torch.Generator().manual_seed(0)
+        b = loss(m, x, 4, "vae", generator=g)
+        assert torch.allclose(a, 0.5 * b)
+    finally:
+        OBJECTIVES.pop("test-half-elbo")
+
+
+def test_the_registry_holds_each_objectives_record_once():
+    """One record per objective: its options with defaults, the ranges checked once, its
+    log-weights form (what the fleet trainers can run) and the option that groups samples."""
+    assert REGISTRY["power"].options == {"p": 0.5} and REGISTRY["ciwae"].ranges == {
+        "beta": (0.0, 1.0)}
+    assert REGISTRY["miwae"].groups == REGISTRY["piwae"].groups == "m"
+    assert fleet_objectives() == ["ciwae", "iwae", "miwae", "power", "vae"]
+    assert all(REGISTRY[n].log_w is None for n in ("dreg", "stl", "rws", "piwae"))
+    with pytest.raises(ValueError, match="beta must be in"):  # the one declared range
+        REGISTRY["ciwae"].check("beta", 1.5)
+    OBJECTIVES["test-view"] = REGISTRY["vae"].fn  # the name -> function view registers
+    try:
+        assert REGISTRY["test-view"].options == {} and parse_objective("test-view")
+    finally:
+        del OBJECTIVES["test-view"]
+    assert "test-view" not in REGISTRY
