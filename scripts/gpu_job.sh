@@ -166,11 +166,13 @@ NOISE=counter; [ "$TRAINER" = fast-device ] && NOISE=device
 run_step "$(( $(left) < 300 ? $(left) / 4 : 150 ))" "$PY" benchmarks/train_throughput.py \
   --device "$DEVICE" "${BENCH_ARGS[@]}" --fast-noise "$NOISE" \
   --out "$OUT/benchmark-train.json" || log "benchmark failed (carrying on without a step time)"
-HINT=$("$PY" - "$OUT/benchmark-train.json" "$BATCH" "$DEVICE" <<'PY' 2>/dev/null
+HINT=$("$PY" - "$OUT/benchmark-train.json" "$BATCH" "$BUDGET" <<'PY' 2>/dev/null
 import json, sys
+from iwae_tutorial.budgets import resolve_budget
+from iwae_tutorial.data.mnist import MNIST_N_TRAIN
 b = json.load(open(sys.argv[1]))
 fast = [v for v in b.get("fast", {}).values() if v["batch_size"] == int(sys.argv[2])]
-n = 200 if sys.argv[3] == "cpu" else 59_600  # training images (the dry budget: 200)
+n = resolve_budget(sys.argv[3]).n_train or MNIST_N_TRAIN  # the budget's training images
 # one fleet (five of the ten trained models) takes about half of a step of all twelve
 print(round(min(v["ms_per_fleet_step"] for v in fast) / 1e3 * (n // int(sys.argv[2])) / 2, 3))
 PY

@@ -24,7 +24,11 @@ from dataclasses import dataclass
 from .paper import EVAL_K, PAPER_EPOCHS
 from .schedule import PAPER_BATCH
 
-__all__ = ["Budget", "BUDGETS", "resolve_budget", "protocol_tag"]
+__all__ = ["Budget", "BUDGETS", "resolve_budget", "protocol_tag", "FAST_MOMENTS"]
+
+#: how the fast trainers store Adam's moments between invocations (fast.fit_fast(moments=)):
+#: part of their protocol, named in the result file
+FAST_MOMENTS = "bfloat16"
 
 
 @dataclass(frozen=True)

@@ -8,25 +8,31 @@ and TF32 for the training's matrix products only (:func:`matmul_precision`).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import statistics
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["stage_fits", "epoch_seconds", "matmul_precision", "log_estimate"]
+__all__ = ["stage_fits", "epoch_seconds", "pace", "matmul_precision", "log_estimate"]
+
+
+def pace(seconds: list[float]) -> float:
+    """The seconds an epoch takes now: the median of the last five epochs' wall times."""
+    return statistics.median(seconds[-5:])
 
 
 def stage_fits(run: Any, part: Any, epochs: int, done: dict,
                 hint: float | None) -> bool:
     """Whether training ``part`` to ``epochs`` and scoring it fits in the time left (True
     when there is no time limit or nothing to judge by); logs the estimate either way."""
-    import statistics
-
     left = run.seconds_left()
     if left is None:
         return True
     trained = (part.stage_dir(run, epochs) / "fleet.json").exists()
     seconds = epoch_seconds(part.run_dir(run) / "log.jsonl")
-    per_epoch = statistics.median(seconds[-5:]) if seconds else hint
+    per_epoch = pace(seconds) if seconds else hint
     if per_epoch is None and not trained:
         return True
     train = 0.0 if trained else (epochs - len(seconds)) * float(per_epoch)
@@ -57,23 +63,18 @@ def epoch_seconds(log_path: Path) -> list[float]:
     return out
 
 
-def matmul_precision(tf32: bool):
+@contextlib.contextmanager
+def matmul_precision(tf32: bool) -> Iterator[None]:
     """TF32 matrix products inside the block (CUDA; the previous setting restored after), so
     that evaluation always runs in float32."""
-    import contextlib
-
     import torch
 
-    @contextlib.contextmanager
-    def scope():
-        before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-
-    return scope()
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def log_estimate(run: Any, part: Any, history: list[dict]) -> None:
@@ -81,8 +82,7 @@ def log_estimate(run: Any, part: Any, history: list[dict]) -> None:
     the rest of this fleet's budget takes at that pace."""
     if not history:
         return
-    recent = sorted(float(h["seconds"]) for h in history[-5:])
-    per_epoch = recent[len(recent) // 2]
+    per_epoch = pace([float(h["seconds"]) for h in history])
     left = part.epochs - len(history)
     run.log(f"{part.name}: {per_epoch:.1f} s per epoch measured (on {run.device}); the "
             f"remaining {left} epoch(s) of this fleet take about {left * per_epoch / 3600:.2f} h"

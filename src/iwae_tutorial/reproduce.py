@@ -43,7 +43,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .budgets import BUDGETS, Budget, protocol_tag, resolve_budget
+from .budgets import BUDGETS, FAST_MOMENTS, Budget, protocol_tag, resolve_budget
 from .distributed import Ranks
 from .pacing import log_estimate, matmul_precision, stage_fits
 from .paper import EVAL_K, PAPER_EPOCHS, TABLE1_KS
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Budget", "BUDGETS", "resolve_budget", "reproduce", "EXIT_NOT_FINISHED", "TRAINERS",
+    "FAST_MOMENTS",
 ]
 
 #: exit status when the run stopped early (time limit or signal) with its state saved
@@ -411,7 +412,7 @@ def _train_to(run: Run, part: Part, epochs: int):
         run.log(f"{part.name}: continuing from the saved state {saved}")
     fit = fleet.fit if run.trainer == "exact" else partial(
         fit_fast, fleet, noise="device" if run.trainer == "fast-device" else "counter",
-        moments="bfloat16")
+        moments=FAST_MOMENTS)
     with matmul_precision(run.tf32 and run.device.type == "cuda"):  # training only
         res = fit(run.ds.x_train[:run.n_train], schedule=schedule,
                   batch_size=part.configs[0].batch_size, binarize=run.ds.binarize,

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .budgets import FAST_MOMENTS
 from .paper import PAPER_EPOCHS
 from .schedule import lr_scale_for_batch
 
@@ -151,7 +152,8 @@ def result_file(run: Any, parts: list[Any], done: dict, t_start: float) -> dict[
                                      "the members of a fleet"}[run.trainer],
             "precision": ("training: TF32 matrix products; evaluation: float32" if run.tf32
                           else "float32"),
-            "saved_state": ("Adam moments saved in bfloat16 (resumption not bit-for-bit)"
+            "saved_state": (f"Adam moments saved in {FAST_MOMENTS} (resumption not "
+                            "bit-for-bit)"
                             if run.trainer != "exact" else "exact (float32)"),
             "name": run.tag,
             "optimizer": "Adam(betas=(0.9, 0.999), eps=1e-4)",

@@ -33,6 +33,8 @@ from .reading import first_good, to_labels, to_unit_float
 
 MNIST_N_VALID = 400
 """The last 400 of the 60,000 MNIST training images are the validation set (Burda et al.)."""
+MNIST_N_TRAIN = 60_000 - MNIST_N_VALID
+"""The training images of that split: 59,600."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ from ..checkpoints import (
     sync_log,
     write_json_atomic,
 )
+from ..data.mnist import MNIST_N_TRAIN
 from ..integrity import check_histories
 from ..schedule import Stage, lr_at, resolve_schedule, schedule_epochs
 from ..seeding import stream_seed
@@ -228,7 +229,8 @@ class _BlockGraph:
                 for k, v in opt.state[p].items():
                     if isinstance(v, Tensor):
                         v.copy_(had[p][k]) if p in had and k in had[p] else v.zero_()
-        steps.noise.load_state(gen_state) if gen_state is not None else None
+        if gen_state is not None:
+            steps.noise.load_state(gen_state)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             for _ in range(steps.block):
@@ -441,7 +443,7 @@ def _resume(fleet, opt, state_dir: Path, fprint: dict,
     return int(state["epoch"]), history, state
 
 
-def projected_hours(ms_per_step: float, batch_size: int, n_train: int = 59_600,
+def projected_hours(ms_per_step: float, batch_size: int, n_train: int = MNIST_N_TRAIN,
                     epochs: int = 3280) -> float:
     """Hours of training for ``epochs`` epochs at ``ms_per_step`` per fleet step."""
     return ms_per_step * 1e-3 * epochs * math.floor(n_train / batch_size) / 3600.0
