@@ -33,10 +33,10 @@ from sklearn.metrics import roc_auc_score
 
 from iwae_tutorial.anomaly import SCORES, anomaly_scores, scored_images, setups
 from iwae_tutorial.checkpoints import write_json_atomic
-from iwae_tutorial.experiments import RunConfig
 from iwae_tutorial.fleet import Fleet
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
+from iwae_tutorial.runs import RunConfig
 from iwae_tutorial.schedule import lr_scale_for_batch
 from iwae_tutorial.studies import add_run_arguments, finished_parts, protocol_args, start
 

@@ -22,19 +22,24 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from iwae_tutorial.checkpoints import write_json_atomic
-from iwae_tutorial.evaluate import ACTIVE_UNITS_THRESHOLD, log_likelihood_many, paper_active_units
-from iwae_tutorial.experiments import RunConfig, eval_images, load_dataset
+from iwae_tutorial.data import load_dataset
+from iwae_tutorial.evaluate import (
+    ACTIVE_UNITS_THRESHOLD,
+    eval_images,
+    log_likelihood_many,
+    paper_active_units,
+)
 from iwae_tutorial.fleet import Fleet
 from iwae_tutorial.fleet.stacked import tune_malloc
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.results import evaluation_fields, model_record
+from iwae_tutorial.runs import RunConfig
 from iwae_tutorial.schedule import lr_scale_for_batch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             ev = evaluation_fields(ll[i], k=args.eval_k, n_total=ds.x_test.shape[0], seed=0,
                                    binarized=True, active_units=au, active_units_n=n_au,
                                    threshold=ACTIVE_UNITS_THRESHOLD)
-            records.append(model_record(asdict(c), ds.name, res.history[i], ev))
+            records.append(model_record(c, ds.name, res.history[i], ev))
         done[batch] = {"batch_size": batch, "lr_scale": lr_scale_for_batch(batch),
                        "steps_per_epoch": x_train.shape[0] // batch,
                        "wall_time_s": {"train": t_train, "eval_nll": t_eval,

@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 
 from iwae_tutorial.checkpoints import write_json_atomic
-from iwae_tutorial.data import Dataset
-from iwae_tutorial.evaluate import log_likelihood_many
-from iwae_tutorial.experiments import RunConfig, eval_images, eval_subset_text, load_dataset
+from iwae_tutorial.data import Dataset, load_dataset
+from iwae_tutorial.evaluate import eval_images, eval_subset_text, log_likelihood_many
 from iwae_tutorial.fleet import FLEET_CHECKPOINT, Fleet
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
+from iwae_tutorial.runs import RunConfig
 from iwae_tutorial.schedule import lr_scale_for_batch
 from iwae_tutorial.studies import (
     add_run_arguments,

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from iwae_tutorial.checkpoints import write_json_atomic
-from iwae_tutorial.evaluate import log_likelihood
-from iwae_tutorial.experiments import eval_images, load_dataset
+from iwae_tutorial.data import load_dataset
+from iwae_tutorial.evaluate import eval_images, log_likelihood
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.results import pack_per_image
 from iwae_tutorial.runs import load_run

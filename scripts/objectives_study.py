@@ -19,7 +19,7 @@ Four parts, each one result file:
 Every model: the first EPOCHS epochs of the paper's schedule at minibatch BATCH with the rates
 times sqrt(BATCH / 20), seed 0; then scored by :func:`iwae_tutorial.studies.score_models`
 (L_5000 on N test images, active units, reconstruction loss; the fixed binarization's test
-split is ordered by digit, so its N images are evenly spaced, ``experiments.eval_indices``).
+split is ordered by digit, so its N images are evenly spaced, ``evaluate.eval_indices``).
 
 Resumable: the fleet and every single run keep checkpoints under ``--run-root``; rerun the same
 command to continue. A finished part is not retrained.
@@ -43,12 +43,13 @@ from pathlib import Path
 import torch
 
 from iwae_tutorial.checkpoints import write_json_atomic
-from iwae_tutorial.experiments import RunConfig, eval_images, eval_subset_text, load_dataset
+from iwae_tutorial.data import load_dataset
+from iwae_tutorial.evaluate import eval_images, eval_subset_text
 from iwae_tutorial.fleet import Fleet
 from iwae_tutorial.objectives import fleet_objectives, parse_objective
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
-from iwae_tutorial.runs import train_run
+from iwae_tutorial.runs import RunConfig, train_run
 from iwae_tutorial.schedule import lr_scale_for_batch
 from iwae_tutorial.studies import add_run_arguments, protocol_args, score_models, start
 

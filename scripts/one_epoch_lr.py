@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from iwae_tutorial.checkpoints import write_json_atomic
+from iwae_tutorial.data import load_dataset
 from iwae_tutorial.evaluate import log_likelihood
-from iwae_tutorial.experiments import RunConfig, load_dataset
 from iwae_tutorial.provenance import provenance
-from iwae_tutorial.runs import train_run
+from iwae_tutorial.runs import RunConfig, train_run
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from iwae_tutorial.checkpoints import write_json_atomic
-from iwae_tutorial.evaluate import log_likelihood
-from iwae_tutorial.experiments import eval_images, load_dataset
+from iwae_tutorial.data import load_dataset
+from iwae_tutorial.evaluate import eval_images, log_likelihood
 from iwae_tutorial.models import bernoulli_output_bias
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.random_weights import RANDOM, RandomWeightsIWAE, weight_stds

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from iwae_tutorial.checkpoints import write_json_atomic
-from iwae_tutorial.experiments import eval_images, load_dataset
+from iwae_tutorial.data import load_dataset
+from iwae_tutorial.evaluate import eval_images
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.runs import find_trained, load_model_file
 from iwae_tutorial.snr import fit_slope, snr_curve

@@ -25,20 +25,19 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from iwae_tutorial.checkpoints import save_tensors, write_json_atomic
-from iwae_tutorial.evaluate import log_likelihood
-from iwae_tutorial.experiments import RunConfig, eval_images, load_dataset
+from iwae_tutorial.data import load_dataset
+from iwae_tutorial.evaluate import eval_images, log_likelihood
 from iwae_tutorial.fleet import Fleet
 from iwae_tutorial.fleet.stacked import tune_malloc
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.results import model_record
-from iwae_tutorial.runs import SHIPPED_DIR, load_run, train_run
+from iwae_tutorial.runs import SHIPPED_DIR, RunConfig, load_run, train_run
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 0.05  # nats: float16 storage may not change the test NLL by more
@@ -112,7 +111,7 @@ def export(run_name: str, run_dir: Path, out_dir: Path, eval_n: int, eval_k: int
                        + (", binarized once (seed 0)" if ds.binarize else ""),
     }
     meta = model_record(
-        asdict(cfg), ds.name, history, evaluation,
+        cfg, ds.name, history, evaluation,
         name=run_name, storage="float16 weights (IWAE state dict), read back as float32",
         nll_float32=float(nll["float32"].mean()),
         float16_minus_float32_nats=float(nll["float16"].mean() - nll["float32"].mean()),

@@ -14,9 +14,8 @@ import torch
 
 from iwae_tutorial import cli
 from iwae_tutorial.checkpoints import write_json_atomic
-from iwae_tutorial.data import find_data_dir
+from iwae_tutorial.data import find_data_dir, load_dataset
 from iwae_tutorial.evaluate import log_likelihood
-from iwae_tutorial.experiments import load_dataset
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.runs import load_run
 

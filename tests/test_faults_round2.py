@@ -31,14 +31,13 @@ from iwae_tutorial.checkpoints import (
     write_atomic,
     write_json_atomic,
 )
-from iwae_tutorial.experiments import RunConfig
 from iwae_tutorial.fleet import FLEET_CHECKPOINT, Fleet, FleetMember
 from iwae_tutorial.fleet.fast import STATE_DIR, fit_fast
 from iwae_tutorial.fleet.stacked import onednn_available
 from iwae_tutorial.integrity import MARKER_NAME, ForeignRunDirError
 from iwae_tutorial.models import IWAE
 from iwae_tutorial.results import check_finite_scores, find_results
-from iwae_tutorial.runs import CHECKPOINT_NAME, check_run_data, load_or_train, read_run
+from iwae_tutorial.runs import CHECKPOINT_NAME, RunConfig, check_run_data, load_or_train, read_run
 from iwae_tutorial.shards import load_sharded
 
 N, BATCH, K = 100, 20, 3
@@ -263,7 +262,7 @@ def test_fast_log_after_a_kill_before_the_first_save(tmp_path, monkeypatch):
 def tiny_data(monkeypatch):
     """`reproduce --budget smoke` on tiny_dataset (no data files), via the command line."""
     ds = tiny_dataset()
-    monkeypatch.setattr("iwae_tutorial.experiments.load_dataset", lambda *a, **kw: ds)
+    monkeypatch.setattr("iwae_tutorial.data.load_dataset", lambda *a, **kw: ds)
     return ds
 
 
@@ -374,7 +373,7 @@ def test_evaluate_refuses_another_data_set(camel_run, capsys, monkeypatch):
     with pytest.raises(CheckpointError, match="another data set") as err:
         check_run_data(camel_run, meta, ds)
     assert str(cfg_path) in str(err.value)
-    from iwae_tutorial.experiments import load_dataset
+    from iwae_tutorial.data import load_dataset
 
     camel = load_dataset("camel", seed=cfg.seed)
     check_run_data(camel_run, meta, camel)  # the right one passes
@@ -427,7 +426,7 @@ def test_a_bogus_kernel_variable_is_an_error_before_anything(tmp_path, capsys, m
     monkeypatch.setenv("IWAE_FLEET_GEMM", "bogus")
     with pytest.raises(ValueError, match="IWAE_FLEET_GEMM='bogus'"):
         small_fleet()
-    monkeypatch.setattr("iwae_tutorial.experiments.load_dataset",
+    monkeypatch.setattr("iwae_tutorial.data.load_dataset",
                         lambda *a, **kw: pytest.fail("loaded data"))
     one_line_error(capsys, reproduce_cli(tmp_path), "IWAE_FLEET_GEMM='bogus'",
                    "auto, onednn or bmm")

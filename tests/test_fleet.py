@@ -13,7 +13,6 @@ import torch
 from helpers import seeded_model
 
 from iwae_tutorial.evaluate import log_likelihood, log_likelihood_many
-from iwae_tutorial.experiments import RunConfig
 from iwae_tutorial.fleet import FLEET_CHECKPOINT, Fleet, FleetMember, table1_configs
 from iwae_tutorial.fleet.stacked import (
     StackedSpec,
@@ -24,7 +23,7 @@ from iwae_tutorial.fleet.stacked import (
     unstack_state_dict,
 )
 from iwae_tutorial.models import IWAE
-from iwae_tutorial.runs import load_run
+from iwae_tutorial.runs import RunConfig, load_run
 from iwae_tutorial.train import TrainingDivergedError, fit
 
 N, BATCH, DIM = 60, 20, 40

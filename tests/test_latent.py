@@ -171,7 +171,7 @@ def _stored_iwae_k50(root):
 
 def test_checkpoints_are_found_by_configuration(tmp_path, monkeypatch):
     monkeypatch.delenv("IWAE_CHECKPOINT_DIR", raising=False)
-    from iwae_tutorial.experiments import RunConfig
+    from iwae_tutorial.runs import RunConfig
 
     root = tmp_path / "ckpt"
     m = _stored_iwae_k50(root)
@@ -252,7 +252,7 @@ def test_traverse_unit_moves_one_unit_of_the_code():
 def test_a_loaded_model_says_when_its_epochs_are_not_the_configurations(tmp_path):
     """What a cell says is what runs: a configuration of 1 epoch that loads a 7-epoch model
     says so in the source line the chapters print."""
-    from iwae_tutorial.experiments import RunConfig
+    from iwae_tutorial.runs import RunConfig
 
     root = tmp_path / "ckpt"
     _stored_iwae_k50(root)

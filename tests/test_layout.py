@@ -185,6 +185,43 @@ def test_the_private_name_check_finds_one(tmp_path, monkeypatch):
                                                             "uses m._secret"]
 
 
+#: subpackage -> its modules that the rest of the package may import besides its __init__
+PUBLIC_MODULES = {"fleet": {"stacked"}, "runs": set()}
+
+
+def subpackage_reaches() -> list[str]:
+    """Where a module outside a subpackage of :data:`PUBLIC_MODULES` imports one of its inner
+    modules (anything but the subpackage itself and the modules listed as public)."""
+    found = []
+    graph = import_graph()
+    for mod, targets in sorted(graph.items()):
+        for t in sorted(targets):
+            parts = t.split(".")
+            if len(parts) < 3 or parts[1] not in PUBLIC_MODULES:
+                continue
+            sub = f"{PKG}.{parts[1]}"
+            if mod == sub or mod.startswith(sub + "."):
+                continue  # the subpackage's own modules
+            if parts[2] not in PUBLIC_MODULES[parts[1]]:
+                found.append(f"{mod} imports {t}")
+    return found
+
+
+def test_subpackages_are_used_through_their_public_interface():
+    """fleet/ and runs/ are used through their __init__ (and fleet.stacked, the kernels that
+    evaluation shares): their other modules are their own."""
+    assert subpackage_reaches() == []
+
+
+def test_the_subpackage_check_finds_one(monkeypatch):
+    import sys
+
+    graph = {f"{PKG}.cli": {f"{PKG}.runs.store", f"{PKG}.fleet.stacked", f"{PKG}.fleet"},
+             f"{PKG}.runs": {f"{PKG}.runs.store"}}
+    monkeypatch.setattr(sys.modules[__name__], "import_graph", lambda: graph)
+    assert subpackage_reaches() == [f"{PKG}.cli imports {PKG}.runs.store"]
+
+
 def test_the_package_map_names_every_module():
     """src/iwae_tutorial/README.md lists every module (a new one goes on the map)."""
     text = (PKG_DIR / "README.md").read_text()

@@ -9,7 +9,6 @@ import torch
 from helpers import X, exact_posterior_model, grey, seeded_model
 
 from iwae_tutorial.bounds import elbo, iwae_bound, power_bound
-from iwae_tutorial.experiments import RunConfig
 from iwae_tutorial.models import IWAE
 from iwae_tutorial.objectives import (
     OBJECTIVES,
@@ -23,6 +22,7 @@ from iwae_tutorial.objectives import (
     register,
     samples_per_point,
 )
+from iwae_tutorial.runs import RunConfig
 from iwae_tutorial.train import fit
 
 K, M, B = 4, 3, 6

@@ -11,7 +11,6 @@ from helpers import grey, seeded_model
 
 from iwae_tutorial import implicit, rws
 from iwae_tutorial.bounds import elbo, iwae_bound
-from iwae_tutorial.experiments import RunConfig
 from iwae_tutorial.objectives import (
     OBJECTIVES,
     get_objective,
@@ -22,6 +21,7 @@ from iwae_tutorial.objectives import (
 )
 from iwae_tutorial.plots import implicit as iplots
 from iwae_tutorial.plots import style
+from iwae_tutorial.runs import RunConfig
 from iwae_tutorial.toy import LinearGaussian, posterior_on_grid, q_on_grid
 from iwae_tutorial.train import fit
 

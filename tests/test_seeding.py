@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from iwae_tutorial.experiments import RunConfig, build_model
+from iwae_tutorial.runs import RunConfig, build_model
 from iwae_tutorial.seeding import PURPOSES, stream_seed
 from iwae_tutorial.train import make_generators
 

@@ -8,10 +8,9 @@ import json
 import pytest
 import torch
 
-from iwae_tutorial.experiments import RunConfig
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.results import published_dir
-from iwae_tutorial.runs import SHIPPED_DIR, find_trained, load_model_file, load_or_train
+from iwae_tutorial.runs import SHIPPED_DIR, RunConfig, find_trained, load_model_file, load_or_train
 
 MAX_BYTES = 5 << 20  # models and result files together: a few MB, so pip install stays light
 PROVENANCE = {"git_commit", "command", "date_utc", "device", "torch_version"}
@@ -72,8 +71,8 @@ def test_the_shipped_model_script_writes_the_one_record(tmp_path):
     from pathlib import Path
 
     from iwae_tutorial import runs
-    from iwae_tutorial.experiments import RunConfig
     from iwae_tutorial.results import SCHEMA
+    from iwae_tutorial.runs import RunConfig
 
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location(

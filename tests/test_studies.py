@@ -161,7 +161,7 @@ def test_random_weights_study_end_to_end(tmp_path, capsys):
 def test_a_class_ordered_test_split_is_sampled_evenly():
     import torch
 
-    from iwae_tutorial.experiments import eval_images, eval_indices, eval_subset_text
+    from iwae_tutorial.evaluate import eval_images, eval_indices, eval_subset_text
 
     x = torch.arange(10.0).repeat_interleave(3).view(30, 1)  # "classes" 0..9, in order
     ordered = Dataset("binarized-mnist", x, x, False, "bernoulli", test_by_class=True)
@@ -205,8 +205,7 @@ def test_anomaly_study_end_to_end(tmp_path):
 
 
 def test_run_names_say_non_paper_layer_sizes():
-    from iwae_tutorial.experiments import RunConfig
-    from iwae_tutorial.results import run_name
+    from iwae_tutorial.runs import RunConfig, run_name
 
     assert RunConfig().name == "mnist-iwae-k5-1L-s0"  # the paper's layers: the names of old
     assert RunConfig(layers=[[200, 200, 100], [100, 100, 50]]).name == "mnist-iwae-k5-2L-s0"

@@ -239,7 +239,7 @@ def test_unknown_objective_fails_fast():
 
 
 def test_run_config_constant_learning_rate():
-    from iwae_tutorial.experiments import RunConfig
+    from iwae_tutorial.runs import RunConfig
 
     assert RunConfig(epochs=3).schedule() == truncate_schedule(burda_schedule(), 3)
     assert RunConfig(epochs=3, lr=2e-3).schedule() == [Stage(3, 2e-3)]

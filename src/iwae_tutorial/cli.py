@@ -7,7 +7,7 @@
 - ``reproduce``: the paper's tables (see :mod:`iwae_tutorial.reproduce`).
 
 The arguments of every subcommand are declared in :mod:`iwae_tutorial.cliargs`; the commands
-here check what needs the file system, then the modules below do the work (``experiments``,
+here check what needs the file system, then the modules below do the work (``runs``,
 ``evaluate``, ``reproduce``).
 
 Bad input (missing or corrupt data, unknown names, malformed sizes, an unreadable checkpoint,
@@ -73,8 +73,7 @@ def _device(name: str | None):
 
 
 def _load_dataset(name: str, args: argparse.Namespace, seed: int):
-    from .data import DataError
-    from .experiments import load_dataset
+    from .data import DataError, load_dataset
 
     try:
         return load_dataset(name, root=args.data_dir, download=not args.no_download, seed=seed)
@@ -118,8 +117,13 @@ def _evaluate(model, ds, *, k: int, n: int | None, seed: int, batch_size: int,
     ``reproduce``), and the active units on the first 500 training examples binarized once."""
     import torch
 
-    from .evaluate import ACTIVE_UNITS_THRESHOLD, log_likelihood, paper_active_units
-    from .experiments import eval_images, eval_subset_text
+    from .evaluate import (
+        ACTIVE_UNITS_THRESHOLD,
+        eval_images,
+        eval_subset_text,
+        log_likelihood,
+        paper_active_units,
+    )
     from .results import evaluation_fields
 
     device = model.device
@@ -192,13 +196,11 @@ def _write_result(path: Path, result: dict[str, Any], argv: Sequence[str], t_sta
 
 # --------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from dataclasses import asdict
 
     from .checkpoints import check_writable
-    from .experiments import RunConfig
     from .integrity import claim_run_dir
     from .results import model_record
-    from .runs import CHECKPOINT_NAME, RESULT_NAME, train_run
+    from .runs import CHECKPOINT_NAME, RESULT_NAME, RunConfig, train_run
     from .schedule import schedule_epochs
 
     t_start = time.perf_counter()
@@ -258,14 +260,13 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
                                    progress=progress)
         _finite_score(ev, out / CHECKPOINT_NAME)
         seconds.update(ev_seconds)
-    result = model_record(asdict(cfg), ds.name, history, ev, n_train=n_used,
+    result = model_record(cfg, ds.name, history, ev, n_train=n_used,
                           device=str(device), epochs_planned=schedule_epochs(cfg.schedule()),
                           schedule=_schedule_info(cfg), wall_time_s=seconds)
     return _write_result(out / RESULT_NAME, result, argv, t_start, device)
 
 
 def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from dataclasses import asdict
 
     from .checkpoints import check_writable
     from .results import model_record
@@ -291,7 +292,7 @@ def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
         ev, seconds = _evaluate(model, ds, k=args.eval_k, n=args.eval_n, seed=args.eval_seed,
                                 batch_size=args.eval_batch_size, progress=not args.no_progress)
         _finite_score(ev, run / CHECKPOINT_NAME)
-        result = model_record(asdict(cfg), ds.name, history, ev, run=str(run),
+        result = model_record(cfg, ds.name, history, ev, run=str(run),
                               device=str(device), epochs_planned=schedule_epochs(cfg.schedule()),
                               schedule=_schedule_info(cfg), wall_time_s=seconds)
         return _write_result(path, result, argv, t_start, device)

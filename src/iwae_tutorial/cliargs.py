@@ -29,7 +29,7 @@ def _objective(text: str) -> str:
 
 def parse_layers(text: str) -> list[list[int]]:
     """argparse type for --layers: "1", "2", "200,200,50" or "200,200,100;100,100,50"."""
-    from .experiments import layers_from_string
+    from .runs import layers_from_string
 
     try:
         layers = layers_from_string(text)

@@ -1,4 +1,5 @@
-"""Evaluation: the test log-likelihood estimate L_5000 and the count of active units.
+"""Evaluation: which test images are scored, the test log-likelihood estimate L_5000 and the
+count of active units.
 
 :func:`log_likelihood` evaluates one model; :func:`log_likelihood_many` many at once (models of
 the same architecture stacked, by the fused pass of :mod:`iwae_tutorial.fleet.stacked`, which the
@@ -14,6 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .data import Dataset
 from .fleet.stacked import (
     StackedSpec,
     encode_first_layer,
@@ -23,14 +25,51 @@ from .fleet.stacked import (
 )
 from .models import IWAE
 
-__all__ = ["log_likelihood", "log_likelihood_many", "chunk_size_for", "active_units",
-           "ActiveUnits", "LogMeanExpAccumulator", "paper_active_units", "ACTIVE_UNITS_N",
+__all__ = ["eval_indices", "eval_subset_text", "eval_images", "log_likelihood",
+           "log_likelihood_many", "chunk_size_for", "active_units", "ActiveUnits",
+           "LogMeanExpAccumulator", "paper_active_units", "ACTIVE_UNITS_N",
            "ACTIVE_UNITS_THRESHOLD", "reconstruction_loss"]
 
 #: the paper's active-unit protocol (the authors' code): the first 500 training examples,
 #: binarized once, a unit is active when its variance exceeds 0.01
 ACTIVE_UNITS_N = 500
 ACTIVE_UNITS_THRESHOLD = 0.01
+
+
+def eval_indices(ds: Dataset, n: int | None = None) -> Tensor:
+    """Which test images a score on ``n`` of them uses: the first ``n``, or, when the test
+    split is ordered by class (``ds.test_by_class``), ``n`` evenly spaced ones (every class in
+    its share). -> [n] indices"""
+    total = ds.x_test.shape[0]
+    n = total if n is None else min(int(n), total)
+    if ds.test_by_class and n < total:
+        return torch.div(torch.arange(n) * total, n, rounding_mode="floor")
+    return torch.arange(n)
+
+
+def eval_subset_text(ds: Dataset, n: int | None = None) -> str:
+    """How :func:`eval_indices` chose the images, in words."""
+    total = ds.x_test.shape[0]
+    n = total if n is None else min(int(n), total)
+    if n == total:
+        return "all test images"
+    if ds.test_by_class:
+        return (f"{n} evenly spaced of the {total} test images (the test split is ordered by "
+                "class)")
+    return f"the first {n} of the {total} test images"
+
+
+def eval_images(ds: Dataset, n: int | None = None, seed: int = 0) -> Tensor:
+    """The ``n`` test images of :func:`eval_indices` as they are scored: binarized once with a
+    fixed seed (a CPU generator) when the data set is binarized during training, as in the
+    authors' code.
+
+    -> [n, x_dim] on the CPU
+    """
+    x = ds.x_test if n is None else ds.x_test[eval_indices(ds, n)]
+    if ds.binarize:
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
+    return x
 
 
 class LogMeanExpAccumulator:

@@ -239,7 +239,7 @@ def check_model_config(mc: Any, path: str | os.PathLike[str], *, fix: str = DEFA
 
 def check_config_matches(cfg: Any, state: Mapping, cfg_path: str | os.PathLike[str],
                          ckpt_path: str | os.PathLike[str]) -> None:
-    """``config.json`` (the :class:`~iwae_tutorial.experiments.RunConfig` ``cfg``) must
+    """``config.json`` (the :class:`~iwae_tutorial.runs.RunConfig` ``cfg``) must
     describe the model of the checkpoint ``state``, which is the truth: the layers of its
     ``model_config`` and, where the checkpoint has a training fingerprint, the objective,
     k, seed, batch size and number of training images. Else one line naming both files."""

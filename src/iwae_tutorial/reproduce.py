@@ -128,7 +128,7 @@ def reproduce(
     name written with another seed, evaluation k, test images or evaluation seed is not
     replaced unless ``force`` (a ValueError naming it, before anything is done). A score that
     is NaN or infinite is never written (a ValueError naming the file).
-    ``ds`` (an :class:`~iwae_tutorial.experiments.Dataset`) skips loading the data (tests).
+    ``ds`` (an :class:`~iwae_tutorial.data.Dataset`) skips loading the data (tests).
 
     Working in windows (a device lent for minutes): ``until_epochs`` scores the stages that
     end by that epoch and stops there (not finished: the next invocation goes on);
@@ -142,8 +142,8 @@ def reproduce(
     import torch
 
     from .checkpoints import RunDirLock
+    from .data import load_dataset
     from .distributed import barrier, gather_stages, process_group, shard
-    from .experiments import load_dataset
     from .profiles import default_device
     from .provenance import provenance
 
@@ -259,7 +259,7 @@ class Run:
     dataset: str
     budget: Budget
     run_dir: Path
-    ds: Any  # experiments.Dataset
+    ds: Any  # data.Dataset
     device: Any  # torch.device
     n_train: int
     n_eval: int
@@ -399,7 +399,7 @@ def _train_to(run: Run, part: Part, epochs: int):
     import torch
 
     from .fleet import FLEET_CHECKPOINT, Fleet
-    from .fleet.fast import STATE_DIR, fit_fast
+    from .fleet import STATE_DIR, fit_fast
     from .schedule import truncate_schedule
 
     fleet = Fleet.from_configs(part.configs, run.ds, run.device, gemm=run.gemm)
@@ -485,7 +485,7 @@ def _eval_stage(run: Run, models: list, eval_path: Path, epochs: int,
     resumable from ``eval_path``), or None when it stopped early (state saved); noise drawn
     as for ``fleet_size`` models at once (a rank's shard: the whole fleet's numbers)."""
     from .blockeval import evaluate_in_blocks
-    from .experiments import eval_images
+    from .evaluate import eval_images
     from .seeding import stream_seed
 
     run.log(f"scoring the models after {epochs} epoch(s)")

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .objectives import objective_slug
-from .paper import ONE_LAYER, PAPER_EPOCHS, TABLE1_KS, TWO_LAYERS, paper_numbers
+from .paper import PAPER_EPOCHS, TABLE1_KS, paper_numbers
 
 __all__ = ["published_dir", "SCHEMA", "model_record", "evaluation_fields", "read_record",
            "current_keys",
@@ -49,23 +49,13 @@ KS = TABLE1_KS
 ROWS = (("vae", 1), ("iwae", 1), ("vae", 2), ("iwae", 2))
 
 
-def run_name(dataset: str, objective: str, k: int, layers: Any, seed: int) -> str:
-    """The one name of a configuration: ``mnist-iwae-k5-1L-s0``; the objective as its slug
-    (``power-p2``), and the layer sizes when they are not the paper's (``1L-200x200x10``)."""
-    layers = [[int(v) for v in s] for s in layers]
-    arch = f"{len(layers)}L"
-    if layers not in ([list(s) for s in ONE_LAYER], [list(s) for s in TWO_LAYERS]):
-        arch += "-" + "-".join("x".join(str(v) for v in s) for s in layers)
-    return f"{dataset}-{objective_slug(objective)}-k{int(k)}-{arch}-s{int(seed)}"
-
-
 def evaluation_fields(log_likelihood: Any, *, k: int, n_total: int, seed: int,
                       binarized: bool, active_units: Any, active_units_n: int,
                       threshold: float, subset: str | None = None) -> dict[str, Any]:
     """The evaluation part of a record: test NLL = -mean L_k over the first n test images
     (binarized once with ``seed`` when ``binarized``), its standard error, and the active
     units counted the paper's way (see :func:`iwae_tutorial.evaluate.paper_active_units`).
-    ``subset``: how the images were chosen (``experiments.eval_subset_text``); default: the
+    ``subset``: how the images were chosen (``evaluate.eval_subset_text``); default: the
     first n.
 
     log_likelihood: [n] float64 per-image L_k; active_units: an ``ActiveUnits``.
@@ -91,22 +81,23 @@ def evaluation_fields(log_likelihood: Any, *, k: int, n_total: int, seed: int,
     }
 
 
-def model_record(config: dict[str, Any], dataset: str, history: list[dict],
+def model_record(cfg: Any, dataset: str, history: list[dict],
                  evaluation: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """One trained model, as every result file records it.
 
     Args:
-        config: the model's :class:`~iwae_tutorial.experiments.RunConfig` as a dict.
+        cfg: the model's :class:`~iwae_tutorial.runs.RunConfig` (its fields are recorded as
+            ``config``, its ``name`` as ``name``).
         dataset: the data set's name.
         history: the per-epoch log of training (``epoch``, ``train_bound``, ...).
         evaluation: :func:`evaluation_fields`, or None when it was not evaluated.
         extra: more fields (``wall_time_s``, ``device``, ``run_dir``, ...).
     """
+    config = asdict(cfg)
     layers = [list(s) for s in config["layers"]]
     record: dict[str, Any] = {
         "schema": SCHEMA,
-        "name": run_name(config.get("dataset", dataset), config["objective"], config["k"],
-                         layers, config["seed"]),
+        "name": cfg.name,
         "dataset": dataset,
         "config": dict(config),
         "objective": config["objective"],

@@ -21,7 +21,7 @@ __all__ = ["PURPOSES", "stream_seed"]
 
 #: every purpose a stream is drawn for (a typo is an error, not a new stream)
 PURPOSES = (
-    "weights",  # the initial parameters (experiments.build_model)
+    "weights",  # the initial parameters (runs.build_model)
     "order",  # the data order of each epoch
     "binarize",  # the dynamic binarization of the training images
     "noise",  # the reparameterization noise of training

@@ -16,7 +16,6 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,15 @@ import torch
 from .data import Dataset
 from .evaluate import (
     ACTIVE_UNITS_THRESHOLD,
+    eval_subset_text,
     log_likelihood_many,
     paper_active_units,
     reconstruction_loss,
 )
-from .experiments import RunConfig, eval_subset_text
 from .fleet.stacked import tune_malloc
 from .models import IWAE
 from .results import evaluation_fields, model_record
+from .runs import RunConfig
 
 __all__ = ["score_models", "RECON_SAMPLES", "start", "finished_parts", "paired_difference",
            "earlier_provenance", "RUN_ARGUMENTS", "add_run_arguments", "protocol_args",
@@ -50,7 +50,7 @@ def score_models(models: Sequence[IWAE], cfgs: Sequence[RunConfig], ds: Dataset,
     evaluation fields, ``reconstruction_loss`` (mean over images, nats) and its standard
     error, and the per-image NLL (``nll_per_image``, for paired comparisons on the same images).
 
-    x_eval: [n, x_dim], the scored test images (:func:`~iwae_tutorial.experiments.eval_images`).
+    x_eval: [n, x_dim], the scored test images (:func:`~iwae_tutorial.evaluate.eval_images`).
     """
     gens = [torch.Generator().manual_seed(0) for _ in models]
     ll = log_likelihood_many(models, x_eval, eval_k, generators=gens, progress=progress)
@@ -67,7 +67,7 @@ def score_models(models: Sequence[IWAE], cfgs: Sequence[RunConfig], ds: Dataset,
                   reconstruction_loss_stderr=float(rec.std() / rec.numel() ** 0.5),
                   reconstruction_samples=RECON_SAMPLES,
                   nll_per_image=[round(-v, 4) for v in ll_i.tolist()])
-        records.append(model_record(asdict(cfg), ds.name, hist, ev, **extra))
+        records.append(model_record(cfg, ds.name, hist, ev, **extra))
     return records
 
 

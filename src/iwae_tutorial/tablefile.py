@@ -36,8 +36,7 @@ def records(run: Any, part: Any, entry: dict, with_per_image: bool) -> list[dict
     their aliases), in the paper's order."""
     from dataclasses import replace
 
-    from .evaluate import ACTIVE_UNITS_THRESHOLD
-    from .experiments import eval_subset_text
+    from .evaluate import ACTIVE_UNITS_THRESHOLD, eval_subset_text
     from .results import model_record, pack_per_image, slim_record
 
     ds = run.ds
@@ -77,7 +76,7 @@ def records(run: Any, part: Any, entry: dict, with_per_image: bool) -> list[dict
                              "model, trained once")
         if with_per_image:
             extra["ll_per_image"] = pack_per_image(ll.tolist())
-        rec = model_record(asdict(replace(cfg, epochs=epochs)), run.dataset,
+        rec = model_record(replace(cfg, epochs=epochs), run.dataset,
                            entry["histories"][i][:epochs], evaluation, **extra)
         out[rec["name"]] = slim_record(rec) if with_per_image else rec
     from .results import table1_order
@@ -127,7 +126,7 @@ def result_file(run: Any, parts: list[Any], done: dict, t_start: float) -> dict[
     eval_s = {p.name: float(sum(done[stage_key(p, e)]["seconds"]["eval_nll"]
                                 for e in p.ends if stage_key(p, e) in done)) for p in parts}
     n_test_total = int(ds.x_test.shape[0])
-    from .experiments import eval_subset_text
+    from .evaluate import eval_subset_text
 
     return {
         "dataset": run.dataset,

@@ -38,7 +38,7 @@ class Dataset:
     y_train: Tensor | None = None
     y_valid: Tensor | None = None
     #: the test split is ordered by class (Larochelle's fixed binarization: all 0s first), so
-    #: its first n images are not a sample of it; see ``experiments.eval_images``
+    #: its first n images are not a sample of it; see ``evaluate.eval_images``
     test_by_class: bool = False
 
     @property

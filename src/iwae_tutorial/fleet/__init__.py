@@ -8,7 +8,8 @@
 - :mod:`.fast`: :func:`fit_fast`, the fast trainer (device-side data order, counter-based or
   device-generator noise, CUDA-graph blocks, frozen diverging members).
 
-The rest of the package uses these names only: what is not listed here is the engine's own.
+The rest of the package uses these names, and the stacked kernels of :mod:`.stacked` (which
+evaluation shares); the other modules are the engine's own (``tests/test_layout.py``).
 """
 
 from .exact import FLEET_CHECKPOINT, FitResult, Fleet, FleetMember, StopFlag, table1_configs

@@ -104,9 +104,9 @@ def table1_configs(dataset: str = "mnist", *, epochs: int | None = None,
                    n_train: int | None = None, seed: int = 0, batch_size: int = 20,
                    lr_scale: float = 1.0) -> list:
     """The 12 configurations of Table 1 (VAE/IWAE x k in 1, 5, 50 x 1 or 2 stochastic layers),
-    as :class:`~iwae_tutorial.experiments.RunConfig`, all with the same ``seed``."""
-    from ..experiments import RunConfig
+    as :class:`~iwae_tutorial.runs.RunConfig`, all with the same ``seed``."""
     from ..paper import ARCHITECTURES, table1_grid
+    from ..runs import RunConfig
 
     return [RunConfig(dataset=dataset, objective=objective, k=k,
                       layers=[list(s) for s in ARCHITECTURES[layers]], epochs=epochs,
@@ -120,7 +120,7 @@ class Fleet:
 
     Args:
         models: the initialised members (e.g. from
-            :func:`iwae_tutorial.experiments.build_model`, which seeds the initialisation);
+            :func:`iwae_tutorial.runs.build_model`, which seeds the initialisation);
             all on one device. Their weights are copied into the fleet's stacked tensors.
         members: one :class:`FleetMember` per model (objective, k, seed, name).
         gemm: matrix products by "bmm" (torch.bmm; any device), "onednn" (float32 on the
@@ -163,9 +163,9 @@ class Fleet:
     @classmethod
     def from_configs(cls, cfgs: Sequence, ds, device: torch.device | str = "cpu",
                      gemm: str = "auto") -> Fleet:
-        """A fleet of :class:`~iwae_tutorial.experiments.RunConfig` on data set ``ds``, each
-        member initialised exactly as :func:`~iwae_tutorial.experiments.build_model` does."""
-        from ..experiments import build_model
+        """A fleet of :class:`~iwae_tutorial.runs.RunConfig` on data set ``ds``, each
+        member initialised exactly as :func:`~iwae_tutorial.runs.build_model` does."""
+        from ..runs import build_model
 
         models = [build_model(c, ds, device) for c in cfgs]
         members = [FleetMember(c.objective, c.k, c.seed, c.name) for c in cfgs]

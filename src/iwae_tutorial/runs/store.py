@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from .checkpoints import CheckpointError, RunDirLock, save_tensors, write_json_atomic
-from .experiments import Dataset, RunConfig, build_model, load_dataset
-from .integrity import (
+from ..checkpoints import CheckpointError, RunDirLock, save_tensors, write_json_atomic
+from ..data import Dataset, load_dataset
+from ..integrity import (
     check_config_matches,
     check_finite_weights,
     check_history,
@@ -36,15 +36,16 @@ from .integrity import (
     check_rng,
     claim_run_dir,
 )
-from .models import IWAE
-from .results import current_keys
-from .schedule import schedule_epochs
-from .session import LOG_NAME, RESTART_FIX, check_state, data_digest
-from .train import (
+from ..models import IWAE
+from ..results import current_keys
+from ..schedule import schedule_epochs
+from ..session import LOG_NAME, RESTART_FIX, check_state, data_digest
+from ..train import (
     CHECKPOINT_NAME,
     fit,
     load_checkpoint,
 )
+from .config import RunConfig, build_model
 
 __all__ = ["SHIPPED_DIR", "retrain_requested", "CONFIG_NAME", "CHECKPOINT_NAME", "LOG_NAME",
            "RESULT_NAME", "EVAL_NAME", "train_run", "write_run", "read_config", "load_run",
@@ -52,7 +53,7 @@ __all__ = ["SHIPPED_DIR", "retrain_requested", "CONFIG_NAME", "CHECKPOINT_NAME",
            "load_or_train", "describe_source"]
 
 #: the trained models that ship with the package (scripts/train_shipped_models.py)
-SHIPPED_DIR = Path(__file__).resolve().parent / "trained"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "trained"
 CONFIG_NAME = "config.json"
 RESULT_NAME = "result.json"
 EVAL_NAME = "eval.json"
@@ -72,7 +73,7 @@ def train_run(
 
     ``run_dir`` also receives ``config.json``. Returns (model in eval mode, per-epoch log).
     """
-    from .profiles import default_device
+    from ..profiles import default_device
 
     device = torch.device(device) if device is not None else default_device()
     ds = ds if ds is not None else load_dataset(cfg.dataset, seed=cfg.seed)
@@ -341,7 +342,7 @@ def load_or_train(cfg: Any, device: torch.device | str | None = None, *, ds: Any
                   root: str | os.PathLike[str] | None = None,
                   use_checkpoint: bool | None = None, progress: bool = True,
                   match_seed: bool = False) -> tuple[IWAE, dict]:
-    """A trained model for ``cfg`` (an :class:`iwae_tutorial.experiments.RunConfig`): the
+    """A trained model for ``cfg`` (an :class:`iwae_tutorial.runs.RunConfig`): the
     matching model in :func:`checkpoint_dirs` when there is one (see :func:`find_trained`;
     the package ships the chapters' models), else one trained now with ``cfg``'s budget.
     ``use_checkpoint`` defaults to ``not retrain_requested()`` (``IWAE_RETRAIN=1`` trains
@@ -350,7 +351,7 @@ def load_or_train(cfg: Any, device: torch.device | str | None = None, *, ds: Any
     Returns (model in eval mode, info), where ``info["source"]`` says which it was and the rest
     of ``info`` is the checkpoint's metadata or the configuration and training log.
     """
-    from .profiles import default_device
+    from ..profiles import default_device
 
     device = torch.device(device) if device is not None else default_device()
     if use_checkpoint is None:
