@@ -236,3 +236,18 @@ def test_the_package_map_names_every_module():
         if rel not in named:
             missing.append(rel)
     assert not missing, missing
+
+
+def test_no_package_module_is_ignored_by_git():
+    """A module that .gitignore hides works here and is missing from every clone."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    out = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard",
+                          "--", str(PKG_DIR.relative_to(ROOT))], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert [f for f in out if f.endswith((".py", ".md"))] == []
