@@ -19,7 +19,6 @@ finished batch size is written to the result file at once; rerun the same comman
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -35,12 +34,12 @@ from iwae_tutorial.evaluate import (
     paper_active_units,
 )
 from iwae_tutorial.fleet import Fleet
-from iwae_tutorial.fleet.stacked import tune_malloc
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.results import evaluation_fields, model_record
 from iwae_tutorial.runs import RunConfig
 from iwae_tutorial.schedule import lr_scale_for_batch
+from iwae_tutorial.studies import add_run_arguments, finished_parts, protocol_args, start
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,22 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--eval-k", type=int, default=5000)
     p.add_argument("--eval-n", type=int, default=2000)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--run-root", default=str(ROOT / "runs" / "batch-size-study"))
-    p.add_argument("--out", default=str(ROOT / "results" / "batch-size-study.json"))
+    add_run_arguments(p, ROOT / "runs" / "batch-size-study",
+                      ROOT / "results" / "batch-size-study.json")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    tune_malloc()
-    t_start = time.perf_counter()
+    protocol = protocol_args(args, "batches")  # another --batches adds or skips batch sizes
+    t_start = start(args.threads)
     out = Path(args.out)
     ds = load_dataset("mnist")
     x_eval = eval_images(ds, args.eval_n, seed=0)
-    done = {}
-    if out.exists():
-        old = json.loads(out.read_text())
-        if old.get("protocol", {}).get("epochs") == args.epochs:
-            done = {int(b): v for b, v in old.get("by_batch", {}).items()}
+    done = {int(b): v for b, v in finished_parts(out, protocol, "by_batch").items()}
     for batch in args.batches:
         if batch in done:
             print(f"batch {batch}: done already", file=sys.stderr)
@@ -114,11 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(out, {
             "study": "batch-size",
             "protocol": {
-                "dataset": ds.name, "layers": [list(s) for s in ONE_LAYER],
-                "epochs": args.epochs, "schedule": "the paper's first EPOCHS epochs, rates "
-                "times sqrt(batch / 20)", "seeds": args.seeds, "ks": args.ks,
+                "args": protocol, "dataset": ds.name, "layers": [list(s) for s in ONE_LAYER],
+                "schedule": "the paper's first EPOCHS epochs, rates times sqrt(batch / 20)",
                 "n_train": int(ds.x_train.shape[0] if args.n_train is None else args.n_train),
-                "eval_k": args.eval_k, "eval_n": int(x_eval.shape[0]),
                 "eval_subset": f"the first {x_eval.shape[0]} of the {ds.x_test.shape[0]} test "
                                "images, binarized once (seed 0)",
                 "device": "cpu", "torch_threads": torch.get_num_threads()},

@@ -84,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(args.out, {
         "what": "L_k and L_K (K >> k) of the one-layer VAE and IWAE (k = 50) of one stage of "
                 "the stage-wise Table 1, on the first n of its test images (binarized as there)",
-        "protocol": {"result": Path(args.result).name, "table": proto["name"], "epochs": epochs,
-                     "n": int(x.shape[0]), "k": args.k, "k_big": args.k_big,
-                     "eval_seed": proto["eval_seed"],
+        "study": "estimator-bias",
+        "protocol": {"args": {"result": Path(args.result).name, "epochs": epochs,
+                              "k": args.k, "k_big": args.k_big, "n": int(x.shape[0])},
+                     "table": proto["name"], "eval_seed": proto["eval_seed"],
                      "noise": "torch.Generator seeded stream_seed(0, 'eval-noise') per L_k"},
         "models": models,
         "provenance": provenance(wall_seconds=time.perf_counter() - t_start,

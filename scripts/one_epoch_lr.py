@@ -63,9 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     best = min(mean_by_lr, key=mean_by_lr.get)
     wall = time.perf_counter() - t_start
     out = {
+        "study": "one-epoch-lr",
         "what": "one-epoch constant learning rate, 1-layer IWAE, chosen on the validation set",
-        "protocol": {"dataset": "mnist (dynamically binarized)", "n_train": int(len(ds.x_train)),
-                     "layers": [[200, 200, 50]], "objective": "iwae", "k": args.k, "epochs": 1,
+        "protocol": {"args": {"lrs": args.lrs, "seeds": args.seeds, "k": args.k,
+                              "eval_k": args.eval_k},
+                     "dataset": "mnist (dynamically binarized)", "n_train": int(len(ds.x_train)),
+                     "layers": [[200, 200, 50]], "objective": "iwae", "epochs": 1,
                      "batch_size": 20, "optimizer": "Adam(0.9, 0.999, eps=1e-4)",
                      "score": f"-L_{args.eval_k} on the 400 validation images, binarized once "
                               "(CPU generator seed 0)"},

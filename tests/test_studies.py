@@ -342,3 +342,43 @@ def test_the_study_figures_fit_the_column():
                 rows[y] = rows.get(y, 0) + 1
         assert fig is figs[-1] or max(rows.values()) <= 2, rows
         plt.close(fig)
+
+
+def test_batch_size_study_end_to_end(tmp_path, capsys):
+    """The batch-size study writes the one layout of study files (its arguments in
+    ``protocol["args"]``), and a rerun with the same arguments trains nothing."""
+    if not have("mnist"):
+        pytest.skip("MNIST is not available (set IWAE_DATA_DIR)")
+    study = script("batch_size_study")
+    out = tmp_path / "batch.json"
+    argv = ["--batches", "20", "--epochs", "1", "--seeds", "0", "--ks", "5", "--n-train", "100",
+            "--eval-n", "4", "--eval-k", "10", "--out", str(out),
+            "--run-root", str(tmp_path / "runs")]
+    assert study.main(argv) == 0
+    r = json.loads(out.read_text())
+    assert r["protocol"]["args"] == {"epochs": 1, "seeds": [0], "ks": [5], "n_train": 100,
+                                     "eval_k": 10, "eval_n": 4}
+    recs = r["by_batch"]["20"]["configurations"]
+    assert [(c["objective"], c["k"], c["epochs"], c["eval_n"]) for c in recs] == [
+        ("vae", 5, 1, 4), ("iwae", 5, 1, 4)]
+    capsys.readouterr()
+    assert study.main(argv) == 0 and "batch 20: done already" in capsys.readouterr().err
+
+
+def test_study_files_read_in_one_layout():
+    """Every committed study file reads with its arguments in ``protocol["args"]``, those
+    written before that layout included (studies.current_layout), and the layout's reader
+    leaves a file in it unchanged."""
+    from iwae_tutorial import studies
+
+    names = [p.stem for p in sorted((ROOT / "results").glob("*.json"))
+             if "study" in json.loads(p.read_text())
+             or p.stem in ("batch-size-study", "estimator-bias", "one-epoch-lr")]
+    assert {"batch-size-study", "estimator-bias", "one-epoch-lr", "power-study"} <= set(names)
+    for name in names:
+        s = studies.load_study(name, ROOT / "results")
+        assert isinstance(s["protocol"]["args"], dict) and s["protocol"]["args"], name
+        assert studies.current_layout(s, name) == s, name
+    old = {"study": "batch-size", "protocol": {"epochs": 20, "eval_n": 2000, "device": "cpu"}}
+    assert studies.current_layout(old, "batch-size-study")["protocol"] == {
+        "args": {"epochs": 20, "eval_n": 2000}, "device": "cpu"}

@@ -398,8 +398,7 @@ def _train_to(run: Run, part: Part, epochs: int):
     -> (fleet, histories), or None when it stopped early (state saved)."""
     import torch
 
-    from .fleet import FLEET_CHECKPOINT, Fleet
-    from .fleet import STATE_DIR, fit_fast
+    from .fleet import FLEET_CHECKPOINT, STATE_DIR, Fleet, fit_fast
     from .schedule import truncate_schedule
 
     fleet = Fleet.from_configs(part.configs, run.ds, run.device, gemm=run.gemm)

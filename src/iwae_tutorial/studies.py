@@ -36,8 +36,8 @@ from .runs import RunConfig
 
 __all__ = ["score_models", "RECON_SAMPLES", "start", "finished_parts", "paired_difference",
            "earlier_provenance", "RUN_ARGUMENTS", "add_run_arguments", "protocol_args",
-           "load_study", "markdown_table", "as_markdown", "minutes", "provenance_line",
-           "check_claim"]
+           "load_study", "current_layout", "markdown_table", "as_markdown", "minutes",
+           "provenance_line", "check_claim"]
 
 #: samples of h per image in the reconstruction loss
 RECON_SAMPLES = 10
@@ -145,8 +145,29 @@ def finished_parts(out: str | Path, protocol: dict, key: str) -> dict:
 # file does not bear it out), so the chapter's hidden cells are a few calls.
 # ------------------------------------------------------------------------------------------
 
+#: study files written before the one layout kept these arguments flat in ``protocol``
+_FLAT_ARGUMENTS = {"batch-size-study": ("epochs", "seeds", "ks", "eval_k", "eval_n"),
+                   "estimator-bias": ("result", "epochs", "k", "k_big", "n"),
+                   "one-epoch-lr": ("k",)}
+
+
+def current_layout(study: dict, name: str) -> dict:
+    """``study`` (the file ``name.json``) in the one layout of study files: the script's
+    arguments in ``protocol["args"]``, what follows from them beside it. Files written before
+    it (their arguments flat in ``protocol``) are read through here, the one place that knows
+    the old layout; the file itself is left as it is."""
+    protocol = study.get("protocol")
+    if not isinstance(protocol, dict) or "args" in protocol or name not in _FLAT_ARGUMENTS:
+        return study
+    flat = _FLAT_ARGUMENTS[name]
+    args = {k: protocol[k] for k in flat if k in protocol}
+    rest = {k: v for k, v in protocol.items() if k not in flat}
+    return {**study, "protocol": {"args": args, **rest}}
+
+
 def load_study(name: str, results_dir: str | Path | None = None) -> dict:
-    """The committed result file ``name.json`` (``results.published_dir()`` by default)."""
+    """The committed result file ``name.json`` (``results.published_dir()`` by default), in
+    the one layout (:func:`current_layout`)."""
     from .results import published_dir
 
     where = Path(results_dir) if results_dir is not None else published_dir()
@@ -155,7 +176,7 @@ def load_study(name: str, results_dir: str | Path | None = None) -> dict:
                                 "published/)")
     path = where / f"{name}.json"
     try:
-        return json.loads(path.read_text())
+        return current_layout(json.loads(path.read_text()), name)
     except (OSError, json.JSONDecodeError) as e:
         raise FileNotFoundError(f"cannot read the result file {path}: {e}") from e
 

@@ -235,7 +235,7 @@ def power_facts(study: dict, batch_study: dict) -> dict:
             "lr_scale": p["lr_scale"], "eval_n": p["args"]["eval_n"], "rows": rows,
             "ps": sorted(ours), "diff": ours, "best_p": best_p, "better": better,
             "worse": worse, "seed_spread": (min(spreads), max(spreads)),
-            "seed_spread_epochs": batch_study["protocol"]["epochs"],
+            "seed_spread_epochs": batch_study["protocol"]["args"]["epochs"],
             "mlmi4_gain": (min(gains), max(gains))}
 
 
