@@ -78,6 +78,7 @@ from ..seeding import stream_seed
 from ..session import FitResult, Session, check_resumable, data_digest, diverged
 from ..shards import load_sharded, save_sharded
 from . import noise
+from .graphs import warm_up
 from .groups import group_loss, set_lr
 
 __all__ = ["fit_fast", "FastResult", "STATE_DIR", "NOISE_SOURCES", "MOMENT_DTYPES",
@@ -210,25 +211,10 @@ class _BlockGraph:
     :meth:`_BlockRunner.run_block` is."""
 
     def __init__(self, steps: _BlockRunner):
-        opt, params = steps.opt, steps.fleet.parameters()
+        params = steps.fleet.parameters()
         buffers = [steps.step_t, steps.gstep_t, steps.bound_sum, steps.first_bad]
-        snap = [t.detach().clone() for t in params + buffers]
-        had = {p: {k: v.clone() for k, v in opt.state[p].items() if isinstance(v, Tensor)}
-               for p in params if p in opt.state}  # a resumed run's Adam moments
         gen_state = steps.noise.state()  # the warm-up's draws must not count
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                steps.one_step()
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.no_grad():
-            for t, v in zip(params + buffers, snap):
-                t.copy_(v)
-            for p in params:  # Adam state: as before the warm-up (zero if it had none)
-                for k, v in opt.state[p].items():
-                    if isinstance(v, Tensor):
-                        v.copy_(had[p][k]) if p in had and k in had[p] else v.zero_()
+        warm_up(steps.one_step, 2, params + buffers, steps.opt, params)
         if gen_state is not None:
             steps.noise.load_state(gen_state)
         self.graph = torch.cuda.CUDAGraph()

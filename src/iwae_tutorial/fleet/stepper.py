@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .graphs import warm_up
 from .groups import group_loss
 
 __all__ = ["Position", "Stepper", "CudaGraphStep"]
@@ -115,27 +116,7 @@ class CudaGraphStep:
         for bufs in stepper.eps_buf:
             for b in bufs:
                 b.zero_()
-        snap_p = [p.detach().clone() for p in params]
-        had_state = {p: {k: (v.clone() if isinstance(v, Tensor) else v)
-                         for k, v in opt.state[p].items()} for p in params if p in opt.state}
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                stepper.eager_step()
-        torch.cuda.current_stream().wait_stream(s)
-        with torch.no_grad():
-            for p, v in zip(params, snap_p):
-                p.copy_(v)
-            for p in params:
-                st = opt.state[p]
-                old = had_state.get(p)
-                for k, v in st.items():
-                    if isinstance(v, Tensor):
-                        if old is not None and k in old:
-                            v.copy_(old[k])
-                        else:
-                            v.zero_()
+        warm_up(stepper.eager_step, 3, params, opt, params)
         self.graph = torch.cuda.CUDAGraph()
         opt.zero_grad(set_to_none=True)
         with torch.cuda.graph(self.graph):

@@ -21,11 +21,14 @@ def to_numpy(t: torch.Tensor | np.ndarray) -> np.ndarray:
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
-def finish(ax: Axes, xlabel: str, ylabel: str, title: str | None = None) -> Figure:
-    """Label the axes, draw the legend (small), set the title when given; -> the figure."""
+def finish(ax: Axes, xlabel: str, ylabel: str, title: str | None = None, *,
+           legend_size: float = 8, loc: str | None = None, title_size: float | None = None
+           ) -> Figure:
+    """Label the axes, draw the legend (small; at ``loc``, else where matplotlib puts it), set
+    the title when given; -> the figure."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=legend_size, **({} if loc is None else {"loc": loc}))
     if title:
-        ax.set_title(title)
+        ax.set_title(title, **({} if title_size is None else {"fontsize": title_size}))
     return ax.figure

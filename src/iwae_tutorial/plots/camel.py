@@ -16,7 +16,7 @@ import torch
 from matplotlib.axes import Axes
 
 from . import style
-from ._util import get_axes
+from ._util import finish, get_axes
 from ._util import to_numpy as _np
 
 __all__ = ["plot_learned_densities", "plot_posterior_vs_q", "plot_decoder", "plot_bound_curves"]
@@ -50,11 +50,7 @@ def plot_learned_densities(
             ax.plot(xg, np.exp(_np(lp)), color=color, lw=2 if i == 0 else 1,
                     alpha=1.0 if i == 0 else 0.5,
                     label=label if i == 0 else None)
-    ax.set_xlabel("x")
-    ax.set_ylabel("density")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper right")
+    finish(ax, "x", "density", title, loc="upper right")
     return ax
 
 
@@ -73,11 +69,7 @@ def plot_posterior_vs_q(
     ax.fill_between(zg, _np(true_post).reshape(-1), color=style.TRUTH_FILL, alpha=0.5,
                     label=r"true posterior $p_\theta(z\mid x)$")
     ax.plot(zg, _np(q).reshape(-1), color=color, lw=2, label=r"$q_\phi(z\mid x)$")
-    ax.set_xlabel("z")
-    ax.set_ylabel("density")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8)
+    finish(ax, "z", "density", title)
     return ax
 
 
@@ -129,9 +121,6 @@ def plot_bound_curves(
     if np.isfinite(lo) and hi > lo:
         pad = 0.15 * (hi - lo)
         ax.set_ylim(lo - pad, hi + pad)
-    ax.set_xlabel("training step (one minibatch each)")
-    ax.set_ylabel("bound on the minibatch (nats)")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    finish(ax, "training step (one minibatch each)", "bound on the minibatch (nats)", title,
+           loc="lower right")
     return ax

@@ -16,7 +16,7 @@ import torch
 from matplotlib.axes import Axes
 
 from . import style
-from ._util import get_axes
+from ._util import finish, get_axes
 from ._util import to_numpy as _np
 
 __all__ = ["k_colors", "plot_ll_by_seed", "plot_implicit_q", "plot_distance_vs_k"]
@@ -51,11 +51,7 @@ def plot_ll_by_seed(values: Mapping[str, tuple[Sequence[float], Sequence[float]]
         ax.plot([i - 0.4, i + 0.4], [t, t], color=style.TRUTH, lw=2,
                 label="true density" if i == 0 else None)
     ax.set_xticks(range(len(seeds)), [str(s) for s in seeds])
-    ax.set_xlabel("seed")
-    ax.set_ylabel("test log-likelihood (nats)")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=7)
+    finish(ax, "seed", "test log-likelihood (nats)", title, legend_size=7)
     return ax
 
 
@@ -78,11 +74,7 @@ def plot_implicit_q(z: torch.Tensor, posterior: torch.Tensor, q: torch.Tensor,
             label=r"$q_\phi(z\mid x)$")
     ax.plot(zg, _np(density).reshape(-1), color=color, lw=2,
             label=rf"$q_{{IW}}$, k = {k}")
-    ax.set_xlabel("z")
-    ax.set_ylabel("density")
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=6.5, loc="upper right")
+    finish(ax, "z", "density", title, legend_size=6.5, loc="upper right", title_size=10)
     return ax
 
 
@@ -100,9 +92,5 @@ def plot_distance_vs_k(ks: Sequence[int], curves: Mapping[str, Sequence[float]],
     ax.set_yscale("log")
     top = max(float(np.max(np.asarray(v, float))) for v in curves.values())
     ax.plot(ks_, top * ks_[0] / ks_, ":", color=style.REFERENCE, lw=0.8, label="1 / k")
-    ax.set_xlabel("k (samples per draw)")
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    finish(ax, "k (samples per draw)", ylabel, title, legend_size=7, title_size=10)
     return ax
