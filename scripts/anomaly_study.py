@@ -36,6 +36,7 @@ from iwae_tutorial.checkpoints import write_json_atomic
 from iwae_tutorial.fleet import Fleet
 from iwae_tutorial.paper import ONE_LAYER
 from iwae_tutorial.provenance import provenance
+from iwae_tutorial.results import model_record
 from iwae_tutorial.runs import RunConfig
 from iwae_tutorial.schedule import lr_scale_for_batch
 from iwae_tutorial.studies import add_run_arguments, finished_parts, protocol_args, start
@@ -87,18 +88,17 @@ def main(argv: list[str] | None = None) -> int:
             g = torch.Generator().manual_seed(0)
             sn = anomaly_scores(model, xn, args.L, generator=g)
             sa = anomaly_scores(model, xa, args.L, generator=g)
-            models.append({
-                "objective": cfg.objective, "k": cfg.k, "epochs": len(hist),
-                "final_train_bound": hist[-1]["train_bound"],
-                "auroc": {s: float(roc_auc_score(labels, torch.cat([sn[s], sa[s]]).numpy()))
-                          for s in SCORES},
+            models.append(model_record(  # the one record, no test NLL; the study's scores
+                cfg, ds.name, hist,
+                auroc={s: float(roc_auc_score(labels, torch.cat([sn[s], sa[s]]).numpy()))
+                       for s in SCORES},
                 # per image, for the chapter's ROC curves, histograms and rankings: the two
                 # total scores of the k = 50 models (the package data stays small)
-                "scores_normal": {s: [round(v, 2) for v in sn[s].tolist()] for s in KEPT}
+                scores_normal={s: [round(v, 2) for v in sn[s].tolist()] for s in KEPT}
                 if cfg.k == 50 else {},
-                "scores_anomalous": {s: [round(v, 2) for v in sa[s].tolist()] for s in KEPT}
+                scores_anomalous={s: [round(v, 2) for v in sa[s].tolist()] for s in KEPT}
                 if cfg.k == 50 else {},
-            })
+            ))
         done[name] = {"trained_on": trained_on, "anomalies": pos, "normal": neg,
                       "n_train": int(x_train.shape[0]), "n_normal": len(xn),
                       "n_anomalous": len(xa), "models": models,

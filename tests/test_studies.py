@@ -183,6 +183,7 @@ def test_anomaly_study_end_to_end(tmp_path):
     if not (have("mnist") and have("omniglot-lake28")):
         pytest.skip("MNIST and Omniglot lake28 are needed (set IWAE_DATA_DIR)")
     from iwae_tutorial.anomaly import SCORES
+    from iwae_tutorial.results import SCHEMA
 
     out = tmp_path / "a.json"
     argv = ["--epochs", "1", "--n-train", "200", "--eval-n", "8", "--L", "3", "--out", str(out),
@@ -194,6 +195,7 @@ def test_anomaly_study_end_to_end(tmp_path):
         assert [(m["objective"], m["k"]) for m in s["models"]] == [
             ("vae", 5), ("iwae", 5), ("vae", 50), ("iwae", 50)]
         for m in s["models"]:
+            assert m["schema"] == SCHEMA and m["epochs"] == 1  # the one result record
             assert list(m["auroc"]) == list(SCORES)
             assert all(0.0 <= v <= 1.0 for v in m["auroc"].values())
             if m["k"] == 50:
