@@ -25,6 +25,7 @@ from iwae_tutorial.data import load_dataset
 from iwae_tutorial.evaluate import log_likelihood
 from iwae_tutorial.provenance import provenance
 from iwae_tutorial.runs import RunConfig, train_run
+from iwae_tutorial.studies import protocol_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "study": "one-epoch-lr",
         "what": "one-epoch constant learning rate, 1-layer IWAE, chosen on the validation set",
-        "protocol": {"args": {"lrs": args.lrs, "seeds": args.seeds, "k": args.k,
-                              "eval_k": args.eval_k},
+        "protocol": {"args": protocol_args(args),
                      "dataset": "mnist (dynamically binarized)", "n_train": int(len(ds.x_train)),
                      "layers": [[200, 200, 50]], "objective": "iwae", "epochs": 1,
                      "batch_size": 20, "optimizer": "Adam(0.9, 0.999, eps=1e-4)",
