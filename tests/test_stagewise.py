@@ -114,3 +114,21 @@ def test_a_real_tiny_run_reads_back_and_draws(tmp_path):
         w, _ = fig.get_size_inches()
         assert w <= 7.0 and len(fig.axes) <= 4  # fits the column: two panels a row
     assert "undecided" in sw.units_markdown(t)
+
+
+def test_stage_training_is_what_seconds_per_epoch_averages():
+    from iwae_tutorial.results import published_dir
+
+    t = sw.find_stagewise(published_dir(), "mnist")  # the committed table: real stage times
+    assert t is not None
+    stages = sw.stage_training(t)
+    assert set(stages) == set(sw.seconds_per_epoch(t))
+    for part, rows in stages.items():
+        ends = [e for e, _, _ in rows]
+        assert ends == sorted(ends) and sum(n for _, n, _ in rows) == ends[-1]
+        assert all(secs > 0 for _, _, secs in rows)
+        paces = [secs / n for _, n, secs in rows]
+        assert min(paces) <= sw.seconds_per_epoch(t)[part] <= max(paces)
+        wall = sum(st["wall_time_s"][part]["train"] for st in t["stages"]
+                   if part in st["wall_time_s"])
+        assert sw.seconds_per_epoch(t)[part] == pytest.approx(wall / ends[-1], rel=1e-12)

@@ -322,21 +322,25 @@ def units_markdown(result: dict[str, Any], k: int = 50) -> str:
     return " ".join(out)
 
 
-def seconds_per_epoch(result: dict[str, Any]) -> dict[str, float]:
-    """Measured training seconds per epoch of each fleet ("1L", "2L") over the scored stages:
-    the training time the stages record, divided by their epochs."""
-    out = {}
+def stage_training(result: dict[str, Any]) -> dict[str, list[tuple[int, int, float]]]:
+    """Each scored stage's measured training, per fleet ("1L", "2L"):
+    -> {fleet: [(epochs at the stage's end, epochs it trained, training seconds), ...]}."""
+    out: dict[str, list[tuple[int, int, float]]] = {}
     for part, ends in result["protocol"].get("stage_ends", {}).items():
-        secs, epochs, prev = 0.0, 0, 0
+        prev = 0
         for st in result["stages"]:
             e = st["epochs"]
             if e in ends and part in st.get("wall_time_s", {}):
-                secs += st["wall_time_s"][part]["train"]
-                epochs += e - prev
+                out.setdefault(part, []).append((e, e - prev, st["wall_time_s"][part]["train"]))
                 prev = e
-        if epochs:
-            out[part] = secs / epochs
     return out
+
+
+def seconds_per_epoch(result: dict[str, Any]) -> dict[str, float]:
+    """Measured training seconds per epoch of each fleet ("1L", "2L") over the scored stages:
+    the training time the stages record, divided by their epochs."""
+    return {part: sum(secs for _, _, secs in stages) / sum(n for _, n, _ in stages)
+            for part, stages in stage_training(result).items()}
 
 
 def time_left(result: dict[str, Any]) -> dict[str, dict[str, float]]:

@@ -28,7 +28,7 @@ def finish(ax: Axes, xlabel: str, ylabel: str, title: str | None = None, *,
     the title when given; -> the figure."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=legend_size, **({} if loc is None else {"loc": loc}))
+    ax.legend(fontsize=legend_size, loc=loc)  # loc None: matplotlib's rcParams choice
     if title:
         ax.set_title(title, **({} if title_size is None else {"fontsize": title_size}))
     return ax.figure
